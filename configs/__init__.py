@@ -1,0 +1,63 @@
+"""Config loading: Hydra's compose API over the YAML groups in this folder.
+
+`load_config(["optimizer=namo_d", "optimizer.lr=3e-3"])` returns a validated, typed config.
+The schema (configs/schema.py) is a tree of dataclasses, so a misspelled key, a wrong type or
+an unknown group option is rejected here, before any work starts, as one UserError line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from configs.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def config_groups() -> dict[str, list[str]]:
+    """The choices of each config group, e.g. {"optimizer": ["adamw", "muon", ...]}."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(CONFIG_DIR.iterdir())
+        if d.is_dir() and not d.name.startswith("_") and any(d.glob("*.yaml"))
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    # Hydra appends a long list of options; keep the message itself and the options compact.
+    return msg.replace("Available options in", "available options in")
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "config"):
+    """Compose `configs/<config_name>.yaml` with command-line style overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from configs.schema import register_schemas
+
+    register_schemas()
+    overrides = list(overrides or [])
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(f"bad config: {_one_line(exc)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def to_object(cfg):
+    """The typed dataclass tree behind a composed config (runs __post_init__ checks)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"bad config: {_one_line(exc)}") from None
