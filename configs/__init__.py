@@ -22,10 +22,27 @@ def config_groups() -> dict[str, list[str]]:
     }
 
 
-def _one_line(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
-    # Hydra appends a long list of options; keep the message itself and the options compact.
-    return msg.replace("Available options in", "available options in")
+def _describe(exc: BaseException) -> str:
+    """One line from Hydra's and OmegaConf's multi-line errors, keeping the useful part."""
+    from hydra.errors import MissingConfigException
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MissingConfigException) and exc.options is not None:
+        first = first.split(": ", 1)[-1] if first.startswith("In '") else first
+        return f"{first}; choose one of: {', '.join(exc.options)}"
+    if first.startswith("Could not override"):
+        key = first.split("'")[1]
+        return (f"unknown config key '{key}' (misspelled?); the keys and their types are in "
+                f"configs/schema.py, the choices in `python train.py --help`")
+    # Merge errors hide the reason (a type mismatch) in the chained exceptions.
+    inner = exc.__cause__ or exc.__context__
+    while inner is not None and (inner.__cause__ or inner.__context__) is not None \
+            and "$VALUE" not in str(inner.__cause__ or inner.__context__):
+        inner = inner.__cause__ or inner.__context__
+    if inner is not None and str(inner).strip() not in ("", "None") \
+            and not first.startswith(str(inner).strip().splitlines()[0]):
+        first += ": " + str(inner).strip().splitlines()[0]
+    return first
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "config"):
@@ -36,7 +53,7 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from configs.schema import register_schemas
+    from configs.schema import register_schemas, schemas
 
     register_schemas()
     overrides = list(overrides or [])
@@ -45,8 +62,11 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
         OmegaConf.resolve(cfg)
+        schema = schemas().get(config_name)
+        if schema is not None:  # keys added with `+key=...` must exist in the schema too
+            OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(f"bad config: {_one_line(exc)}") from None
+        raise UserError(f"bad config: {_describe(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -60,4 +80,4 @@ def to_object(cfg):
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
-        raise UserError(f"bad config: {_one_line(exc)}") from None
+        raise UserError(f"bad config: {_describe(exc)}") from None

@@ -77,6 +77,11 @@ class RunConfig:
 _registered = False
 
 
+def schemas() -> dict:
+    """The root dataclass of each primary config (configs/<name>.yaml)."""
+    return {"config": RunConfig}
+
+
 def register_schemas() -> None:
     global _registered
     if _registered:

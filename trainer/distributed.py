@@ -1,0 +1,75 @@
+"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+A plain `python train.py` is world size 1 and never touches torch.distributed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from configs.errors import UserError
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} asked for but CUDA is not available; use device=cpu or device=auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"unknown device={device!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def setup(device: str, backend: str = "auto", timeout_s: int = 600) -> DistEnv:
+    """Join the process group when launched by torchrun; pick this rank's device."""
+    device = resolve_device(device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistEnv(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "auto":
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl" and not device.startswith("cuda"):
+        raise UserError("backend=nccl needs CUDA devices; use backend=gloo (or auto) on CPU")
+    if backend not in ("nccl", "gloo"):
+        raise UserError(f"unknown backend={backend!r}; use auto, nccl or gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def all_mean(values: list[float], env: DistEnv) -> list[float]:
+    """Average floats across ranks (identity in a single process)."""
+    if not env.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=env.device if env.device.startswith("cuda") else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / env.world_size).tolist()
+
+
+def teardown(env: DistEnv) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()

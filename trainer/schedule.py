@@ -1,0 +1,26 @@
+"""Learning-rate schedules as a factor of the peak lr: linear warmup, then cosine,
+warmup-stable-decay (WSD) or constant."""
+from __future__ import annotations
+
+import math
+
+
+def lr_factor(step: int, *, max_iters: int, warmup_iters: int, schedule: str,
+              min_lr_ratio: float, decay_frac: float = 0.2) -> float:
+    if step < warmup_iters:
+        return (step + 1) / (warmup_iters + 1)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_iters) / max(1, max_iters - warmup_iters))
+        return min_lr_ratio + 0.5 * (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * progress))
+    if schedule == "wsd":
+        decay_start = max(warmup_iters, int(max_iters * (1.0 - decay_frac)))
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, max_iters - decay_start))
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+SCHEDULES = ("cosine", "wsd", "constant")
