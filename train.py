@@ -202,7 +202,10 @@ def run(cfg_node) -> dict:
             t0 = time.time()
             loss_sum = 0.0
             for micro in range(accum):
-                x, y = task.get_batch("train", t.batch_size, step=step, micro_step=micro, rank=env.rank)
+                # Windows are indexed by the global micro-batch, so N processes with accum/N
+                # micro-steps see exactly the batches of one process with accum micro-steps.
+                x, y = task.get_batch("train", t.batch_size, step=step,
+                                      micro_step=env.rank * accum + micro)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if env.enabled:  # sync gradients only on the last micro-step
                     model.require_backward_grad_sync = micro == accum - 1
