@@ -1,0 +1,77 @@
+"""Language-model task: random windows of a prepared dataset (data/prepare.py's .bin files).
+
+Batches are a pure function of (seed, split, step, micro_step, rank), so a resumed run sees
+the batches it would have seen, and each DDP rank draws its own windows. Evaluation always
+uses the same eval_iters batches per split (seeded by the eval index, not the step), so the
+losses of successive evaluations, and of runs with different optimizers, are comparable.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from configs.errors import UserError
+from data.prepare import SPLITS, dataset_dir, open_prepared, prepare, prepare_command
+
+
+def generator(*parts) -> torch.Generator:
+    """A torch.Generator seeded by a stable hash of `parts` (Python's hash() is salted)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+class LMTask:
+    def __init__(self, data_cfg, *, block_size: int, seed: int):
+        meta = open_prepared(data_cfg)
+        if meta is None:
+            if not data_cfg.auto_prepare:
+                raise UserError(f"{data_cfg.name} is not prepared in {dataset_dir(data_cfg)}; "
+                                f"run: {prepare_command(data_cfg)}")
+            meta = prepare(data_cfg, only_if_missing=True)
+        self.meta, self.dir = meta, dataset_dir(data_cfg)
+        self.vocab_size = meta["vocab_size"]
+        self.block_size = block_size
+        self.seed = seed
+        self.dtype = np.dtype(meta["dtype"])
+        for split in SPLITS:
+            if meta["tokens"][split] <= block_size:
+                raise UserError(f"train.block_size={block_size} needs more than {block_size} tokens "
+                                f"but the {split} split of {data_cfg.name} has {meta['tokens'][split]}; "
+                                "use a smaller train.block_size or more data")
+
+    def _batch(self, split: str, batch_size: int, g: torch.Generator):
+        # Re-open the memmap each batch: a long-lived one grows the process's memory (nanoGPT).
+        data = np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
+        start = torch.randint(len(data) - self.block_size, (batch_size,), generator=g).numpy()
+        windows = torch.from_numpy(data[start[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        x, y = windows[:, :-1], windows[:, 1:]
+        if torch.cuda.is_available():  # lets .to(device, non_blocking=True) overlap the copy
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def get_batch(self, split: str, batch_size: int, *, step: int, micro_step: int = 0,
+                  rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch(split, batch_size, generator(self.seed, split, step, micro_step, rank))
+
+    @torch.no_grad()
+    def evaluate(self, model, *, batch_size: int, eval_iters: int, device, autocast) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            out = {}
+            for split in SPLITS:
+                losses = torch.zeros(eval_iters)
+                for k in range(eval_iters):
+                    x, y = self._batch(split, batch_size, generator(self.seed, split, "eval", k))
+                    with autocast():
+                        _, loss = model(x.to(device), y.to(device))
+                    losses[k] = loss.item()
+                out[f"{split}/loss"] = losses.mean().item()
+            return out
+        finally:
+            model.train(was_training)
+
+    def summary(self, history: list[dict]) -> dict:
+        return {}

@@ -1,0 +1,355 @@
+"""Prepare a dataset once: text -> token ids -> <root>/<name>/{train,val}.bin + meta.json.
+
+    python -m data.prepare data=shakespeare_char
+    python -m data.prepare data=shakespeare data.source=../shared/data/tinyshakespeare.txt
+    python -m data.prepare data=local data.files=[a.jsonl,b.parquet]
+    python -m data.prepare data=openwebtext data.num_proc=16
+
+Sources: a local file (data.source, or data.files for `local`), else a download (data.url,
+a small raw text) or the hub (data.hf_path). Files ending in .jsonl/.json/.parquet are tables
+of documents (one per row, column data.text_field), read with `datasets.load_dataset` like the
+hub; anything else is raw UTF-8 text.
+Splits, as nanoGPT: documents go to val by `train_test_split(test_size=val_fraction,
+seed=split_seed, shuffle=True)`; a raw text (its files joined) is ONE document whose first
+(1 - val_fraction) of the characters are train and the rest val.
+End-of-text: with a BPE tokenizer each document is followed by the end-of-text token, so the
+model sees where documents end. A raw text gets none (it is one document, cut in two by the
+split), so each split's ids are exactly `encode_ordinary` of its text, as nanoGPT's
+shakespeare prepare writes them. The char tokenizer has no such token: its vocabulary is the
+corpus's characters (65 for Tiny Shakespeare).
+
+The output is valid only once meta.json exists and agrees with the .bin sizes: the .bin files
+are written as *.bin.tmp, renamed, and meta.json is written last, so an interrupted prepare
+leaves a folder that training treats as not prepared.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from configs.errors import UserError
+
+SPLITS = ("train", "val")
+TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+PIECE_CHARS = 1 << 14  # a raw text is tokenized in pieces of about this many characters
+
+
+def dataset_dir(cfg) -> Path:
+    return Path(cfg.root).expanduser() / cfg.name
+
+
+def prepare_command(cfg) -> str:
+    root = "" if cfg.root == "data_cache" else f" data.root={cfg.root}"
+    return f"python -m data.prepare data={cfg.name}{root}"
+
+
+def open_prepared(cfg) -> dict | None:
+    """meta.json of a prepared dataset, None when it is not prepared (no meta.json).
+    A meta.json that disagrees with the .bin files or the config is a UserError."""
+    folder = dataset_dir(cfg)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder / 'meta.json'} is unreadable ({exc}); re-run {prepare_command(cfg)}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in SPLITS:
+        path = folder / f"{split}.bin"
+        size = path.stat().st_size if path.exists() else None
+        if size != meta["tokens"][split] * itemsize:
+            raise UserError(f"{path} has {size} bytes but meta.json says {meta['tokens'][split]} "
+                            f"{meta['dtype']} tokens; re-run {prepare_command(cfg)}")
+    if meta["tokenizer"] != cfg.tokenizer:
+        raise UserError(f"{folder} was prepared with tokenizer {meta['tokenizer']} but "
+                        f"data.tokenizer={cfg.tokenizer}; re-run {prepare_command(cfg)} or use "
+                        "another data.name")
+    return meta
+
+
+# ---- sources: each split is an iterator of batches (lists) of texts ------------------------
+
+def readable(path: str, key: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{key}={path} does not exist; point it at a text, JSONL or parquet file")
+    if p.is_dir():
+        raise UserError(f"{key}={path} is a directory; point it at a text, JSONL or parquet file")
+    try:
+        p.open("rb").close()
+    except OSError as exc:
+        raise UserError(f"{key}={path} cannot be read ({exc.strerror}); fix its permissions or "
+                        "point it at a readable file")
+    return p
+
+
+def download(url: str, dest: Path) -> Path:
+    if dest.exists():
+        return dest
+    print(f"downloading {url}")
+    tmp = dest.with_suffix(".tmp")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            while block := response.read(1 << 20):
+                f.write(block)
+    except (OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not download {url} ({exc}); download it yourself and pass "
+                        "data.source=<path>")
+    os.replace(tmp, dest)
+    return dest
+
+
+def read_lines(paths):
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            try:
+                yield from f
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def text_pieces(paths, start: int, stop: int):
+    """Characters [start, stop) of the joined files, cut into pieces of about PIECE_CHARS at
+    "x\\nY" (a lone newline between non-space characters). GPT-2's pre-tokenizer never merges
+    across such a newline ("\\n\\n" and "\\n\\xa0" are tokens; other encodings also merge
+    " \\n"), so tokenizing piece by piece equals tokenizing the whole span (tested for r50k_base).
+    A file without such line ends is read as one piece."""
+    buf, size, pos = [], 0, 0
+    for line in read_lines(paths):
+        part = line[max(start - pos, 0):max(stop - pos, 0)]
+        pos += len(line)
+        if not part:
+            if pos >= stop:
+                break
+            continue
+        last = buf[-1] if buf else ""
+        if (size >= PIECE_CHARS and len(last) >= 2 and last[-1] == "\n"
+                and not last[-2].isspace() and not part[0].isspace()):
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(part)
+        size += len(part)
+    if buf:
+        yield "".join(buf)
+
+
+def batched(iterable, n: int):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def raw_text_source(cfg, paths):
+    """(splits, chars, unit): per split (total, batches) of the joined raw text."""
+    n, chars = 0, set()
+    for line in read_lines(paths):
+        n += len(line)
+        if cfg.tokenizer == "char":
+            chars.update(line)
+    cut = int(n * (1 - cfg.val_fraction))
+    spans = {"train": (0, cut), "val": (cut, n)}
+    splits = {s: (b - a, lambda a=a, b=b: batched(text_pieces(paths, a, b), cfg.chunk_docs))
+              for s, (a, b) in spans.items()}
+    return splits, chars, "chars"
+
+
+def table_source(cfg, paths, cache_dir):
+    """(splits, chars, unit) of a document table: local JSONL/parquet files or the hub."""
+    import datasets
+
+    try:
+        if paths:
+            formats = {TABLE_FORMATS[p.suffix] for p in paths}
+            if len(formats) > 1:
+                raise UserError(f"data.files mixes JSONL and parquet ({paths}); use one format")
+            ds = datasets.load_dataset(formats.pop(), data_files=[str(p) for p in paths],
+                                       split="train", cache_dir=cache_dir)
+        else:
+            ds = datasets.load_dataset(cfg.hf_path, cfg.hf_name, split="train",
+                                       num_proc=cfg.num_proc if cfg.num_proc > 1 else None)
+    except UserError:
+        raise
+    except Exception as exc:  # network, hub or parse errors: all are about the input
+        what = paths or cfg.hf_path
+        raise UserError(f"could not load {what} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                        "fix the input or pass data.source=<local JSONL/parquet file>")
+    if cfg.text_field not in ds.column_names:
+        raise UserError(f"the rows have no column {cfg.text_field!r} (columns: {ds.column_names}); "
+                        "set data.text_field")
+    ds = ds.select_columns([cfg.text_field])
+    try:
+        parts = ds.train_test_split(test_size=cfg.val_fraction, seed=cfg.split_seed, shuffle=True)
+    except ValueError as exc:
+        raise UserError(f"cannot split {len(ds)} documents with data.val_fraction={cfg.val_fraction} ({exc})")
+    parts = {"train": parts["train"], "val": parts["test"]}  # nanoGPT renames test to val
+
+    def batches(part):
+        for rows in part.iter(batch_size=cfg.chunk_docs):
+            yield rows[cfg.text_field]
+
+    chars = set()
+    if cfg.tokenizer == "char":
+        for texts in batches(ds):
+            chars.update(*texts)
+    splits = {s: (len(p), lambda p=p: batches(p)) for s, p in parts.items()}
+    return splits, chars, "docs"
+
+
+# ---- tokenizers -----------------------------------------------------------------------------
+
+def make_tokenizer(cfg, chars: set):
+    """(encode: list[str] -> list[list[int]], end-of-text id or None, vocab_size, meta extras)."""
+    if cfg.tokenizer == "char":
+        itos = sorted(chars)
+        stoi = {c: i for i, c in enumerate(itos)}
+        return (lambda texts: [[stoi[c] for c in t] for t in texts]), None, len(itos), \
+            {"itos": itos, "stoi": stoi}
+    import tiktoken
+
+    if cfg.tokenizer not in tiktoken.list_encoding_names():
+        raise UserError(f"data.tokenizer={cfg.tokenizer} is unknown; use char or a tiktoken "
+                        f"encoding ({', '.join(tiktoken.list_encoding_names())})")
+    try:
+        enc = tiktoken.get_encoding(cfg.tokenizer)
+    except Exception as exc:  # its files are downloaded on first use
+        raise UserError(f"could not load the {cfg.tokenizer} tokenizer ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}); go online once or set TIKTOKEN_CACHE_DIR "
+                        "to a folder holding its files")
+    encode = lambda texts: enc.encode_ordinary_batch(texts, num_threads=cfg.num_proc)  # noqa: E731
+    return encode, enc.eot_token, enc.n_vocab, {}
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+@contextmanager
+def locked(folder: Path):
+    """One prepare per folder at a time (e.g. every torchrun rank auto-preparing at once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_tokens(path: Path, batches, encode, eot, dtype, bar) -> tuple[int, str]:
+    """Tokenize batch by batch, appending to `path`; returns (token count, sha256)."""
+    count, sha = 0, hashlib.sha256()
+    with open(path, "wb") as f:
+        for texts in batches:
+            ids = encode(texts)
+            if eot is not None:
+                for doc in ids:
+                    doc.append(eot)
+            block = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype).tobytes()
+            f.write(block)
+            sha.update(block)
+            count += len(block) // dtype.itemsize
+            bar.update(len(texts) if bar.unit == "docs" else sum(map(len, texts)))  # docs or chars
+    return count, sha.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def prepare(cfg, *, only_if_missing: bool = False) -> dict:
+    """Write <root>/<name>/{train,val}.bin and meta.json; returns the meta."""
+    folder = dataset_dir(cfg)
+    with locked(folder):
+        if only_if_missing and (meta := open_prepared(cfg)) is not None:
+            return meta  # another process prepared it while we waited for the lock
+        return _prepare(cfg, folder)
+
+
+def _prepare(cfg, folder: Path) -> dict:
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    if cfg.source or cfg.files:
+        key = "data.source" if cfg.source else "data.files"
+        paths = [readable(p, key) for p in ([cfg.source] if cfg.source else cfg.files)]
+        source = ",".join(str(p.resolve()) for p in paths)
+    elif cfg.url:
+        paths, source = [download(cfg.url, folder / "input.txt")], cfg.url
+    elif cfg.hf_path:
+        paths, source = [], f"hub:{cfg.hf_path}"
+    else:
+        raise UserError(f"data={cfg.name} has no input; pass data.source=<file> or data.files=[...]")
+    tables = [p for p in paths if p.suffix in TABLE_FORMATS]
+    if tables and len(tables) != len(paths):
+        raise UserError(f"data.files mixes raw text and JSONL/parquet ({paths}); use one kind")
+
+    tmp = {s: folder / f"{s}.bin.tmp" for s in SPLITS}
+    with tempfile.TemporaryDirectory() as cache_dir:  # local tables' Arrow cache, thrown away after
+        splits, chars, unit = (table_source(cfg, tables, cache_dir) if tables or not paths
+                               else raw_text_source(cfg, paths))
+        encode, eot, vocab_size, extras = make_tokenizer(cfg, chars)
+        dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+        tokens, sha256 = {}, {}
+        try:
+            for split, (total, batches) in splits.items():
+                with tqdm(total=total, unit=unit, unit_scale=True, desc=f"{cfg.name} {split}") as bar:
+                    # end-of-text after documents, never inside a raw text's pieces
+                    tokens[split], sha256[split] = write_tokens(
+                        tmp[split], batches(), encode, eot if unit == "docs" else None, dtype, bar)
+            # A previous dataset here stays valid until this point; from here until the new
+            # meta.json lands the folder is "not prepared".
+            (folder / "meta.json").unlink(missing_ok=True)
+            for split in SPLITS:
+                os.replace(tmp[split], folder / f"{split}.bin")
+        finally:
+            for p in tmp.values():
+                p.unlink(missing_ok=True)
+
+    meta = {"name": cfg.name, "tokenizer": cfg.tokenizer, "vocab_size": vocab_size,
+            "dtype": dtype.name, "eot_token": eot, "tokens": tokens, "sha256": sha256,
+            "source": source, "val_fraction": cfg.val_fraction,
+            "split_seed": cfg.split_seed if unit == "docs" else None, **extras}
+    write_json_atomic(folder / "meta.json", meta)  # last: from now on the folder is prepared
+    seconds = time.time() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    print(f"prepared {folder}: train {tokens['train']:,} / val {tokens['val']:,} tokens "
+          f"({dtype.name}, vocab {vocab_size}) | {sum(tokens.values()) / seconds:,.0f} tokens/s "
+          f"in {seconds:.1f}s | peak memory {peak:,.0f} MiB")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    from configs import load_config, to_object
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        prepare(to_object(load_config(argv)).data)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

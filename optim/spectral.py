@@ -1,0 +1,150 @@
+"""Spectral kernels for the matrix optimizers: polar factors and spectral powers, batched.
+
+Every function takes a stack of matrices (..., m, n) and works on all of them in one call
+(the caller stacks same-shape parameters); nothing loops over the batch in Python, and the
+iterations have no data-dependent control flow, so they stay torch.compile friendly.
+
+For X = U Σ Vᵀ (thin SVD) the family is Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04669):
+p = 1 is X itself, p = 0 is the polar factor U Vᵀ (Muon's orthogonalization), and
+p = 1/2, 1/4 lie in between. The iterative paths use matmuls only (no SVD / eigh); the SVD
+paths are the exact references.
+"""
+import torch
+from torch import Tensor
+
+from configs.errors import UserError
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
+POWERS = (1, 0.5, 0.25, 0)
+
+
+def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
+
+    X0 = G / (||G||_F + eps), then X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular
+    value maps by s -> a s + b s³ + c s⁵. The coefficients trade exactness for speed: after
+    5 steps the singular values land in a band around 1 (about [0.7, 1.2]) instead of at 1.
+    Works on the wide orientation so the Gram X Xᵀ is the small one; computed in `dtype`.
+    """
+    a, b, c = NS_COEFFS
+    tall = G.size(-2) > G.size(-1)
+    X = G.to(dtype)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    shape = X.shape
+    X = X.reshape(-1, *shape[-2:])      # baddbmm wants exactly one batch dim
+    for _ in range(steps):
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)          # b A + c A²
+        X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)        # a X + B X
+    X = X.reshape(shape)
+    if tall:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def _svd(G: Tensor):
+    """Thin SVD in float32 at least (float64 stays float64)."""
+    return torch.linalg.svd(G.to(torch.promote_types(G.dtype, torch.float32)),
+                            full_matrices=False)
+
+
+def polar_svd(G: Tensor) -> Tensor:
+    """Exact polar factor U Vᵀ of G = U Σ Vᵀ, via SVD, returned in G's dtype."""
+    U, _, Vh = _svd(G)
+    return (U @ Vh).to(G.dtype)
+
+
+def top_rank_polar(X: Tensor, rank: int) -> Tensor:
+    """U_r V_rᵀ from the top-`rank` singular directions: a rank-limited orthogonal update."""
+    k = min(X.shape[-2:])
+    if not 1 <= rank <= k:
+        raise UserError(f"rank={rank} out of range for {X.shape[-2]}x{X.shape[-1]} matrices: "
+                        f"set optimizer.rank to an integer in [1, {k}] (or null for full rank)")
+    U, _, Vh = _svd(X)
+    return (U[..., :, :rank] @ Vh[..., :rank, :]).to(X.dtype)
+
+
+def inverse_root_coupled(A: Tensor, r: int, steps: int = 15, eps: float = 1e-6) -> Tensor:
+    """A^(-1/r) of symmetric PSD matrices by the coupled Newton iteration (matmuls only).
+
+    Guo & Higham (2006), as in Shampoo: with M0 = z A, X0 = z^(1/r) I,
+        T = ((r + 1) I - M) / r,   X <- X T,   M <- T^r M,
+    M -> I and X -> A^(-1/r). Per eigenvalue m <- m ((r+1-m)/r)^r, which converges to 1 for
+    m in (0, r+1); z = (r+1) / (2 ||A||_F) puts the spectrum in (0, (r+1)/2]. A ridge
+    eps ||A||_F I keeps rounding from making eigenvalues negative (those would diverge);
+    eigenvalues near or below it are not converged in `steps` and get a bounded factor
+    instead of their huge inverse root, so a zero matrix gives a finite result.
+    Computed in float32 at least, returned in A's dtype.
+    """
+    in_dtype, dtype = A.dtype, torch.promote_types(A.dtype, torch.float32)
+    I = torch.eye(A.size(-1), dtype=dtype, device=A.device)
+    A = A.to(dtype)
+    norm = A.norm(dim=(-2, -1), keepdim=True)
+    A = A + (eps * norm) * I
+    z = (r + 1) / (2 * (1 + eps) * norm.clamp_min(1e-30))      # floor: zero A -> finite X
+    M = z * A
+    X = z.pow(1 / r) * I
+    for _ in range(steps):
+        T = ((r + 1) * I - M) / r
+        X = X @ T
+        M = torch.linalg.matrix_power(T, r) @ M
+    return X.to(in_dtype)
+
+
+def inverse_fourth_root_coupled(A: Tensor, steps: int = 15, eps: float = 1e-6) -> Tensor:
+    """A^(-1/4) of symmetric PSD matrices; see inverse_root_coupled."""
+    return inverse_root_coupled(A, 4, steps, eps)
+
+
+def _square_root_power(X: Tensor, steps: int) -> Tensor:
+    """Psi_1/2(X) = U Σ^(1/2) Vᵀ = X (XᵀX)^(-1/4) = (XXᵀ)^(-1/4) X, on the smaller Gram."""
+    if X.size(-1) <= X.size(-2):
+        return X @ inverse_fourth_root_coupled(X.mT @ X, steps)
+    return inverse_fourth_root_coupled(X @ X.mT, steps) @ X
+
+
+def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
+                   method: str = "iterative") -> Tensor:
+    """Psi_p(X) = U Σ^p Vᵀ for p in {1, 1/2, 1/4, 0}.
+
+    method="iterative": p = 0 by newton_schulz; p = 1/2 by the coupled inverse fourth root on
+    the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since Psi_p(cX) = c^p Psi_p(X), X is
+    first divided by its Frobenius norm (so the Gram neither under- nor overflows) and the
+    result scaled back. method="svd": the exact reference from the SVD; there singular values
+    below a relative 1e-7 count as zero, so p = 0 maps a zero matrix to zero, as NS does.
+    """
+    if p not in POWERS:
+        raise UserError(f"spectral power p={p} not in the family {{1, 1/2, 1/4, 0}}: "
+                        "set optimizer.power to one of 1, 0.5, 0.25, 0")
+    if p == 1:
+        return X
+    if method == "svd":
+        U, S, Vh = _svd(X)
+        S = torch.where(S > 1e-7 * S.amax(dim=-1, keepdim=True), S, 0)
+        Sp = S.pow(p) if p > 0 else (S > 0).to(S.dtype)
+        return ((U * Sp.unsqueeze(-2)) @ Vh).to(X.dtype)
+    if method != "iterative":
+        raise UserError(f"unknown spectral power method {method!r}: use 'iterative' or 'svd'")
+    if p == 0:
+        return newton_schulz(X, ns_steps)
+    Y = X.to(torch.promote_types(X.dtype, torch.float32))
+    norm = Y.norm(dim=(-2, -1), keepdim=True)
+    Y = Y / norm.clamp_min(1e-30)
+    Y = _square_root_power(Y, steps)
+    if p == 0.25:
+        Y = _square_root_power(Y, steps)
+    return (Y * norm.pow(p)).to(X.dtype)
+
+
+def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
+                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Polar factor of G: approximately by Newton-Schulz, or exactly (method='svd')."""
+    if method == "newton_schulz":
+        return newton_schulz(G, steps, dtype=dtype)
+    if method == "svd":
+        return polar_svd(G)
+    raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "
+                    "newton_schulz or svd")

@@ -1,0 +1,151 @@
+"""optim/spectral.py against float64 references, on fresh random inputs every run.
+
+The references are independent of the code under test: U Σ^p Vᵀ = X (XᵀX)^((p-1)/2) computed
+by float64 eigendecomposition of the Gram (p = 0 is the polar factor), and the scalar quintic
+Newton-Schulz map applied to the float64 singular values. The seed is printed, so pytest shows
+it with any failure; rerun with torch.manual_seed(seed) to reproduce.
+"""
+import os
+
+import pytest
+import torch
+
+from configs.errors import UserError
+from optim import spectral
+
+SHAPES = [(40, 40), (96, 32), (32, 96), (3, 40, 24), (2, 2, 24, 40)]   # square/tall/wide/batched
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"torch seed = {seed}")
+    torch.manual_seed(seed)
+    return seed
+
+
+def random_svd(shape, s_lo=0.2, s_hi=1.0):
+    """Random orthogonal U, V (QR of Gaussians) and singular values uniform in [s_lo, s_hi]."""
+    *batch, m, n = shape
+    k = min(m, n)
+    U = torch.linalg.qr(torch.randn(*batch, m, k, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(*batch, n, k, dtype=torch.float64))[0]
+    s = torch.empty(*batch, k, dtype=torch.float64).uniform_(s_lo, s_hi)
+    return U, s, V
+
+
+def well_conditioned(shape):
+    """float32 X = c U diag(s) Vᵀ with s in [0.2, 1] and a random scale c in [1e-3, 1e3]."""
+    U, s, V = random_svd(shape)
+    c = 10 ** torch.empty(()).uniform_(-3, 3).item()
+    return (c * (U * s.unsqueeze(-2)) @ V.mT).float()
+
+
+def gram_power_reference(X, p):
+    """U Σ^p Vᵀ = X (XᵀX)^((p-1)/2) = (XXᵀ)^((p-1)/2) X, by float64 eigh of the smaller Gram."""
+    X = X.double()
+    tall = X.size(-2) >= X.size(-1)
+    L, Q = torch.linalg.eigh(X.mT @ X if tall else X @ X.mT)
+    P = (Q * L.pow((p - 1) / 2).unsqueeze(-2)) @ Q.mT
+    return X @ P if tall else P @ X
+
+
+def rel_err(A, B):
+    return ((A.double() - B.double()).norm() / B.double().norm()).item()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_newton_schulz_is_the_quintic_map_on_singular_values(shape):
+    """NS(X) = U f(Σ/||Σ||) Vᵀ with f the 5-fold scalar quintic; f lands in the known band."""
+    U, s, V = random_svd(shape)
+    X = (U * s.unsqueeze(-2)) @ V.mT
+    O = spectral.newton_schulz(X.float())
+    assert O.dtype == torch.float32 and O.shape == X.shape
+    a, b, c = spectral.NS_COEFFS
+    f = s / s.norm(dim=-1, keepdim=True)
+    for _ in range(5):
+        f = a * f + b * f ** 3 + c * f ** 5
+    assert f.min() > 0.6 and f.max() < 1.2          # measured band: about [0.68, 1.14]
+    assert rel_err(O, (U * f.unsqueeze(-2)) @ V.mT) < 4e-2          # bf16; measured <= 0.021
+    sv = torch.linalg.svdvals(O)
+    assert sv.min() > 0.6 and sv.max() < 1.2
+    P = spectral.polar_svd(X.float())
+    cosine = (O * P).sum((-2, -1)) / (O.norm(dim=(-2, -1)) * P.norm(dim=(-2, -1)))
+    assert cosine.min() > 0.95                      # measured >= 0.978
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_polar_svd_is_exact(shape):
+    X = well_conditioned(shape)
+    O = spectral.polar_svd(X)
+    k = min(shape[-2:])
+    small_gram = O.mT @ O if shape[-2] >= shape[-1] else O @ O.mT
+    assert torch.allclose(small_gram, torch.eye(k).expand_as(small_gram), atol=1e-5)
+    assert rel_err(O, gram_power_reference(X, 0)) < 1e-5
+    assert torch.equal(spectral.orthogonalize(X, method="svd"), O)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("p", [0.5, 0.25])
+def test_spectral_power_iterative_matches_reference(shape, p):
+    X = well_conditioned(shape)
+    ref = gram_power_reference(X, p)
+    assert rel_err(spectral.spectral_power(X, p, method="svd"), ref) < 1e-5
+    assert rel_err(spectral.spectral_power(X, p), ref) < 1e-3          # measured ~1e-5
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25])
+def test_spectral_power_rank_deficient_and_zero(p):
+    """Zero singular values stay zero (no NaN): a rank-8 product and an all-zero stack."""
+    X = torch.randn(4, 64, 8) @ torch.randn(4, 8, 32)
+    ref = spectral.spectral_power(X.double(), p, method="svd")
+    assert rel_err(spectral.spectral_power(X, p), ref) < 1e-3
+    Z = torch.zeros(3, 16, 8)
+    for method in ("iterative", "svd"):
+        for q in (p, 0):
+            assert torch.equal(spectral.spectral_power(Z, q, method=method), Z)
+
+
+@pytest.mark.parametrize("r", [2, 4])
+def test_inverse_root_coupled_matches_eigh(r):
+    B = torch.randn(3, 24, 48, dtype=torch.float64)
+    A = B @ B.mT / 48                                 # SPD, eigenvalues in about (0.1, 3)
+    L, Q = torch.linalg.eigh(A)
+    ref = (Q * L.pow(-1 / r).unsqueeze(-2)) @ Q.mT
+    assert rel_err(spectral.inverse_root_coupled(A.float(), r), ref) < 1e-4
+    if r == 4:
+        assert rel_err(spectral.inverse_fourth_root_coupled(A.float()), ref) < 1e-4
+
+
+def test_p0_is_newton_schulz_and_p1_is_identity():
+    X = torch.randn(2, 24, 40)
+    assert torch.equal(spectral.spectral_power(X, 0), spectral.newton_schulz(X))
+    assert torch.equal(spectral.spectral_power(X, 0, ns_steps=3), spectral.newton_schulz(X, 3))
+    assert torch.equal(spectral.orthogonalize(X), spectral.newton_schulz(X))
+    assert spectral.spectral_power(X, 1) is X
+
+
+def test_bad_input_raises_user_error():
+    X = torch.randn(24, 16)
+    for p in (0.3, 2, -0.5):
+        with pytest.raises(UserError, match=f"p={p} not in the family"):
+            spectral.spectral_power(X, p)
+    for rank in (0, 17):
+        with pytest.raises(UserError, match=r"\[1, 16\]"):
+            spectral.top_rank_polar(X, rank)
+    with pytest.raises(UserError, match="newton_schulz or svd"):
+        spectral.orthogonalize(X, method="qr")
+
+
+@pytest.mark.parametrize("shape,rank", [((48, 32), 5), ((32, 48), 1), ((3, 24, 40), 24)])
+def test_top_rank_polar(shape, rank):
+    """U_r V_rᵀ with a gap after the r-th singular value, so the subspace is well determined."""
+    U, s, V = random_svd(shape, 0.05, 0.4)
+    s[..., :rank] += 0.6
+    X = ((U * s.unsqueeze(-2)) @ V.mT).float()
+    O = spectral.top_rank_polar(X, rank)
+    Uo, so, Vho = torch.linalg.svd(X.double(), full_matrices=False)    # sorted descending
+    assert rel_err(O, Uo[..., :rank] @ Vho[..., :rank, :]) < 1e-5
+    sv = torch.linalg.svdvals(O.double())
+    assert torch.allclose(sv[..., :rank], torch.ones_like(sv[..., :rank]), atol=1e-5)
+    assert (sv[..., rank:] < 1e-5).all()
