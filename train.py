@@ -20,7 +20,7 @@ import torch
 from configs import load_config, to_object
 from configs.errors import UserError
 from trainer import checkpoint
-from trainer.distributed import DistEnv, all_mean, setup, teardown
+from trainer.distributed import DistEnv, all_mean, ranks_in_sync, setup, teardown
 from trainer.logger import RunLogger, truncate_metrics
 from trainer.schedule import SCHEDULES, lr_factor
 
@@ -56,11 +56,11 @@ def make_autocast(device: str, dtype: str):
 def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     """Returns whether to resume. Refuses to overwrite another run without asking."""
     ckpt = out_dir / "ckpt.pt"
+    if resume and ckpt.exists():
+        return True
     if resume:
-        if not ckpt.exists():
-            print(f"resume=true but {ckpt} does not exist yet: starting fresh")
-        return ckpt.exists()
-    if (ckpt.exists() or (out_dir / "summary.json").exists()) and not overwrite:
+        print(f"resume=true but {ckpt} does not exist yet: starting fresh")
+    elif (ckpt.exists() or (out_dir / "summary.json").exists()) and not overwrite:
         raise UserError(f"out_dir={out_dir} already holds a run; pass resume=true to continue it, "
                         "overwrite=true to replace it, or another out_dir=")
     for name in ("metrics.jsonl", "summary.json", "ckpt.pt"):
@@ -178,6 +178,9 @@ def run(cfg_node) -> dict:
                    "wall_s": round(time.time() - wall0, 2),
                    "tokens_per_s": round(timed_tokens / train_time, 1) if train_time else None,
                    "diverged_at_step": diverged_at, "error": error, **task.summary(history)}
+        if env.enabled and error is None:
+            summary["world_size"] = env.world_size
+            summary["ranks_in_sync"] = ranks_in_sync(raw_model, env)
         if env.is_main:
             checkpoint.atomic_write_json(out_dir / "summary.json", summary)
             logger.finish(summary)
@@ -260,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         from configs import config_groups
         print(__doc__)
+        print("config groups (group=choice):")
         for group, choices in config_groups().items():
-            print(f"  {group}: {', '.join(choices)}")
+            if group != "sweep":  # sweep presets belong to sweep.py
+                print(f"  {group}: {', '.join(choices)}")
         return 0
     try:
         run(load_config(argv))

@@ -70,6 +70,20 @@ def all_mean(values: list[float], env: DistEnv) -> list[float]:
     return (t / env.world_size).tolist()
 
 
+@torch.no_grad()
+def ranks_in_sync(model: torch.nn.Module, env: DistEnv) -> bool:
+    """Whether every rank holds bit-identical parameters: compares each rank's parameter
+    bytes digest (torn or rank-dependent updates show up here)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digests = [None] * env.world_size
+    dist.all_gather_object(digests, h.hexdigest())
+    return len(set(digests)) == 1
+
+
 def teardown(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()

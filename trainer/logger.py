@@ -13,8 +13,9 @@ from trainer.checkpoint import atomic_write_text
 
 
 def truncate_metrics(path: Path, max_step: int) -> list[dict]:
-    """On resume, drop records logged after the checkpoint's step (they will be redone),
-    so metrics.jsonl holds each step once. Returns the kept records."""
+    """On resume from a checkpoint taken after step `max_step`, drop the records that will be
+    redone: later steps, and the evaluation at `max_step` itself (it runs after the checkpoint
+    is saved), so metrics.jsonl holds each event once. Returns the kept records."""
     if not path.exists():
         return []
     kept = []
@@ -23,7 +24,8 @@ def truncate_metrics(path: Path, max_step: int) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill
             continue
-        if rec.get("step", 0) <= max_step:
+        step = rec.get("step", 0)
+        if step < max_step or (step == max_step and "val/loss" not in rec):
             kept.append(rec)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
