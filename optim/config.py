@@ -1,7 +1,8 @@
 """The `optimizer` config group's schema: one dataclass for every registry name.
 
-configs/optimizer/<name>.yaml sets `name` (the registry key) and that optimizer's defaults;
-fields an optimizer does not use are ignored by its builder.
+configs/optimizer/<name>.yaml sets `name` (the registry key) and that optimizer's defaults (the
+papers' GPT-2-small values); fields an optimizer does not use are ignored by its builder. A
+field left None means "the family's own default" (see optim/registry.py).
 """
 from __future__ import annotations
 
@@ -23,18 +24,19 @@ class OptimizerConfig:
     mu2: float = 0.99                    # NAMO: second-moment decay of the gradient norm
     clamp_c: float = 0.1                 # NAMO-D: per-column scales clamped to [c, 1/c] x mean
     decay_style: str = "adaptive"        # NAMO: adaptive | decoupled
-    scale: str = "moonlight"             # Muon shape scale: moonlight | original | none
+    scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
     ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd
     ns_steps: int = 5
     ns_dtype: str = "bfloat16"
-    power: float = 0.0                   # spectral family: Psi_p exponent p in {1, 1/2, 1/4, 0}
+    power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
     rank: Optional[int] = None           # muon_svd: keep the top-r singular directions
     split_qkv: bool = False              # treat packed q, k, v as three matrices
+    qkv_patterns: List[str] = field(default_factory=lambda: ["*c_attn.weight"])  # what is packed
     matrix_patterns: List[str] = field(default_factory=lambda: ["*"])   # glob on param names
     vector_patterns: List[str] = field(default_factory=lambda: ["*wte*", "*wpe*", "*lm_head*"])
     target: Optional[str] = None         # external: import path of an optimizer class
-    kwargs: Dict[str, Any] = field(default_factory=dict)   # external: extra keyword args
+    kwargs: Dict[str, Any] = field(default_factory=dict)   # extra keyword args of a library class
     split: bool = False                  # external: matrix/vector split with AdamW backup
     foreach: Optional[bool] = None
     fused: Optional[bool] = None

@@ -41,3 +41,14 @@ def small_text(tmp_path_factory) -> Path:
         lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(1000)]
         out.write_text("\n".join(lines))
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and tests stay stable on a busy 2-core box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,238 @@
+"""The optimizer registry: a name in the config maps to one builder (torchtitan style).
+
+    build_optimizer(model, cfg, log) -> torch.optim.Optimizer
+
+Every param group carries "base_lr" (its peak lr) and "kind" (all | matrix | vector); the
+training loop sets group["lr"] = group["base_lr"] * schedule(step) and each optimizer reads
+group["lr"] every step. Names:
+
+  adamw, torch_adam, sgd, rmsprop   torch.optim classes on all parameters, weight decay on the
+                                    2-D ones only (nanoGPT's grouping). `torch_adam` is
+                                    torch.optim.Adam: the name `adam` is the spectral family's.
+  muon, namo, namo_d, muon_svd      matrix chains (optim/matrix.py) + AdamW backup for vectors
+  adam adams adamq adamz            spectral family (arXiv 2602.04669): Psi_p, p = 1, 1/2, 1/4, 0,
+  msgd msgds msgdq msgdz            of Adam's normalized update / of heavy-ball momentum
+  shampoo, soap                     pytorch_optimizer's Shampoo / SOAP on matrices + AdamW backup
+  external                          any torch.optim.Optimizer subclass by import path
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Callable
+
+import torch
+
+from configs.errors import UserError
+from optim.combined import CombinedOptimizer
+from optim.config import OptimizerConfig
+from optim.matrix import (DTYPES, Chain, MatrixOptimizer, adam_normalize, ema_momentum,
+                          fixed_step, heavy_ball, namo_d_step, namo_step, orthogonalize,
+                          rank_limited_polar, spectral_power)
+from optim.params import (decay_groups, log_split, named_params, shape_groups, split_params,
+                          summarize)
+from optim.spectral import POWERS
+
+Builder = Callable[[torch.nn.Module, OptimizerConfig, Callable], torch.optim.Optimizer]
+registry: dict[str, Builder] = {}
+
+
+def available() -> list[str]:
+    return sorted(registry)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig,
+                    log=print) -> torch.optim.Optimizer:
+    if cfg.name not in registry:
+        raise UserError(f"unknown optimizer.name={cfg.name!r}; "
+                        f"registered: {', '.join(available())}")
+    check_config(cfg)
+    return registry[cfg.name](model, cfg, log)
+
+
+def check_config(cfg: OptimizerConfig) -> None:
+    """The checks every builder shares, each a one-line UserError."""
+    def bad(key, value, want):
+        raise UserError(f"optimizer.{key}={value} {want}")
+    if cfg.lr < 0:
+        bad("lr", cfg.lr, "must be >= 0")
+    if cfg.vector_lr is not None and cfg.vector_lr < 0:
+        bad("vector_lr", cfg.vector_lr, "must be >= 0 (or null: the same as optimizer.lr)")
+    if not 0 < cfg.clamp_c <= 1:
+        bad("clamp_c", cfg.clamp_c, "must be in (0, 1]")
+    if cfg.power is not None and cfg.power not in POWERS:
+        bad("power", cfg.power, "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
+    if cfg.rank is not None and cfg.rank < 1:
+        bad("rank", cfg.rank, "must be >= 1 (or null: full rank)")
+    for key, allowed in (("decay_style", ("adaptive", "decoupled")),
+                         ("ns", ("newton_schulz", "svd")),
+                         ("scale", (None, "moonlight", "original", "none")),
+                         ("ns_dtype", tuple(DTYPES))):
+        if getattr(cfg, key) not in allowed:
+            bad(key, getattr(cfg, key), f"must be one of {', '.join(str(a) for a in allowed)}")
+    for key in ("momentum", "mu2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            bad(key, getattr(cfg, key), "must be in [0, 1)")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        bad("betas", list(cfg.betas), "must be two numbers in [0, 1)")
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def _construct(cls, params, cfg: OptimizerConfig, **kwargs) -> torch.optim.Optimizer:
+    """cls(params, **kwargs, **cfg.kwargs), with foreach/fused where the class takes them and
+    a library's argument errors turned into one UserError line."""
+    accepted = inspect.signature(cls).parameters
+    for flag in ("foreach", "fused"):
+        if getattr(cfg, flag) is not None and flag in accepted:
+            kwargs[flag] = getattr(cfg, flag)
+    kwargs.update(cfg.kwargs)
+    try:
+        return cls(params, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{cls.__module__}.{cls.__name__}: {' '.join(str(exc).split())}; "
+                        f"check optimizer.kwargs") from None
+
+
+def _with_lr(groups: list[dict], lr: float, kind: str) -> list[dict]:
+    for g in groups:
+        g.update(base_lr=lr, kind=kind)
+    return groups
+
+
+def adamw_backup(vector, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW for the vector params (embeddings, tied head, LayerNorm, biases)."""
+    lr = cfg.lr if cfg.vector_lr is None else cfg.vector_lr
+    group = {"params": [p for _, p in vector], "base_lr": lr, "kind": "vector"}
+    kwargs = dict(lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.vector_weight_decay)
+    for flag in ("foreach", "fused"):
+        if getattr(cfg, flag) is not None:
+            kwargs[flag] = getattr(cfg, flag)
+    return torch.optim.AdamW([group], **kwargs)
+
+
+def with_backup(matrix_opt: torch.optim.Optimizer | None, vector, cfg) -> CombinedOptimizer:
+    parts = {}
+    if matrix_opt is not None:
+        parts["matrix"] = matrix_opt
+    if vector:
+        parts["vector"] = adamw_backup(vector, cfg)
+    return CombinedOptimizer(**parts)
+
+
+# ---- torch.optim classes on all parameters -------------------------------------------------
+
+def _torch_builder(cls, hyper: Callable[[OptimizerConfig], dict]) -> Builder:
+    def build(model, cfg, log):
+        named, _ = named_params(model)
+        groups = _with_lr(decay_groups(named, cfg.weight_decay), cfg.lr, "all")
+        log(f"optimizer: {cls.__name__} on all {len(named)} tensors "
+            f"({sum(p.numel() for _, p in named):,} params), weight decay {cfg.weight_decay} "
+            f"on the {sum(p.ndim >= 2 for _, p in named)} with dim >= 2: {summarize(named)}")
+        return _construct(cls, groups, cfg, lr=cfg.lr, **hyper(cfg))
+    return build
+
+
+def _adam_hyper(c):
+    return dict(betas=tuple(c.betas), eps=c.eps)
+
+
+registry["adamw"] = _torch_builder(torch.optim.AdamW, _adam_hyper)
+registry["torch_adam"] = _torch_builder(torch.optim.Adam, _adam_hyper)
+registry["sgd"] = _torch_builder(torch.optim.SGD, lambda c: dict(
+    momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0))
+registry["rmsprop"] = _torch_builder(torch.optim.RMSprop, lambda c: dict(eps=c.eps))
+
+
+# ---- matrix chains + AdamW backup ------------------------------------------------------------
+
+def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Builder:
+    """`scale` and `power` are the family's defaults, used where the config leaves them None."""
+    def build(model, cfg, log):
+        matrix, vector = split_params(model, cfg)
+        groups = [{"params": [p for _, p in ps], "matrix_shape": shape}
+                  for shape, ps in shape_groups(matrix, cfg).items()]
+        if cfg.rank is not None and chain.transform is rank_limited_polar:  # muon_svd
+            smallest = min((min(g["matrix_shape"]) for g in groups), default=cfg.rank)
+            if cfg.rank > smallest:
+                raise UserError(f"optimizer.rank={cfg.rank} exceeds min(rows, cols)={smallest} of "
+                                f"the smallest matrix; use 1..{smallest} or null (full rank)")
+        opt = None
+        if groups:
+            hyper = dict(
+                lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                nesterov=cfg.nesterov, betas=tuple(cfg.betas), eps=cfg.eps, mu2=cfg.mu2,
+                clamp_c=cfg.clamp_c, decay_style=cfg.decay_style, scale=cfg.scale or scale,
+                ns=cfg.ns, ns_steps=cfg.ns_steps, ns_dtype=cfg.ns_dtype,
+                power=power if cfg.power is None else float(cfg.power),
+                coupled_steps=cfg.coupled_steps, rank=cfg.rank)
+            opt = MatrixOptimizer(_with_lr(groups, cfg.lr, "matrix"), chain, **hyper)
+        stacks = ", ".join(f"{sum(p.numel() for p in g['params']) // (m * n)}x({m}, {n})"
+                           for g in groups for m, n in [g["matrix_shape"]])
+        log_split(log, matrix, vector, f"{cfg.name}, stacked by shape as {stacks or 'nothing'}")
+        return with_backup(opt, vector, cfg)
+    return build
+
+
+#                                       precondition   transform           step size   shape scale
+registry["muon"] = _chain_builder(Chain(ema_momentum, orthogonalize, fixed_step), "moonlight")
+registry["namo"] = _chain_builder(Chain(ema_momentum, orthogonalize, namo_step), "moonlight")
+registry["namo_d"] = _chain_builder(Chain(ema_momentum, orthogonalize, namo_d_step), "moonlight")
+registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_polar, fixed_step),
+                                      "moonlight")
+SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power
+for suffix, p in SPECTRAL_SUFFIXES.items():
+    registry["adam" + suffix] = _chain_builder(Chain(adam_normalize, spectral_power, fixed_step),
+                                               "none", p)
+    registry["msgd" + suffix] = _chain_builder(Chain(heavy_ball, spectral_power, fixed_step),
+                                               "none", p)
+
+
+# ---- library optimizers and any class by import path ----------------------------------------
+
+def import_optimizer_class(path: str | None):
+    if not path:
+        raise UserError("optimizer=external needs optimizer.target=<module.Class>, "
+                        "e.g. optimizer.target=torch.optim.NAdam")
+    module, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"optimizer.target={path} is not importable ({exc}); "
+                        f"give module.Class, e.g. torch.optim.NAdam") from None
+    if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+        raise UserError(f"optimizer.target={path} is not a torch.optim.Optimizer subclass")
+    return cls
+
+
+def _library_builder(target: str | None, split: bool | None, hyper: Callable) -> Builder:
+    """cls(matrix params, lr, weight_decay, **hyper, **cfg.kwargs) + AdamW backup when split,
+    else cls on all params with nanoGPT's decay grouping. None: from cfg.target / cfg.split."""
+    def build(model, cfg, log):
+        cls = import_optimizer_class(target or cfg.target)
+        name = target or cfg.target
+        if split if split is not None else cfg.split:
+            matrix, vector = split_params(model, cfg)
+            opt = None
+            if matrix:
+                group = {"params": [p for _, p in matrix], "base_lr": cfg.lr, "kind": "matrix"}
+                opt = _construct(cls, [group], cfg, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 **hyper(cfg))
+            log_split(log, matrix, vector, name)
+            return with_backup(opt, vector, cfg)
+        named, _ = named_params(model)
+        groups = _with_lr(decay_groups(named, cfg.weight_decay), cfg.lr, "all")
+        log(f"optimizer: {name} on all {len(named)} tensors, weight decay on dim >= 2: "
+            f"{summarize(named)}")
+        return _construct(cls, groups, cfg, lr=cfg.lr, **hyper(cfg))
+    return build
+
+
+# pytorch_optimizer (eager PyTorch, runs on CPU, already a dependency; heavyball needs
+# torch.compile). Its plain Shampoo keeps tensor-only state, so checkpoints load with
+# weights_only=True; ScalableShampoo keeps Python objects in its state (use it via `external`).
+registry["shampoo"] = _library_builder("pytorch_optimizer.Shampoo", True,
+                                       lambda c: dict(weight_decouple=True))
+registry["soap"] = _library_builder("pytorch_optimizer.SOAP", True,
+                                    lambda c: dict(betas=tuple(c.betas), eps=c.eps))
+registry["external"] = _library_builder(None, None, lambda c: {})
