@@ -95,7 +95,7 @@ def run(cfg_node) -> dict:
     model_cfg = GPTConfig(**{**vars(cfg.model), "block_size": task.block_size,
                              "vocab_size": task.vocab_size})
     model = GPT(model_cfg).to(device)
-    optimizer = build_optimizer(model, cfg.optimizer, log=log)
+    optimizer = build_optimizer(model, cfg.optimizer, log=log, zero=t.zero)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16")
@@ -133,7 +133,9 @@ def run(cfg_node) -> dict:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[env.local_rank] if device.startswith("cuda") else None)
 
-    tokens_per_step = t.batch_size * task.block_size * t.grad_accum_steps
+    # A task with a finite train set (grokking) serves at most the whole set per batch.
+    sequences = min(t.batch_size, getattr(task, "train_size", t.batch_size))
+    tokens_per_step = sequences * task.block_size * t.grad_accum_steps
     flops_per_step = raw_model.flops_per_token(task.block_size) * tokens_per_step
     peak = next((v for k, v in PEAK_FLOPS.items()
                  if device.startswith("cuda") and k in torch.cuda.get_device_name(device)), None)
@@ -161,6 +163,8 @@ def run(cfg_node) -> dict:
         return record
 
     def save_checkpoint(at_step: int) -> None:
+        if t.zero and env.enabled:  # ZeRO-1: every rank sends its optimizer state shard to rank 0
+            optimizer.consolidate_state_dict(to=0)
         if not env.is_main:
             return
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -197,6 +201,9 @@ def run(cfg_node) -> dict:
             if step % t.eval_interval == 0 and last_eval != step:
                 evaluate(step)
                 last_eval = step
+                if task.done(history):  # e.g. a grokking run that has solved its task
+                    bar.write(f"task solved at step {step}: stopping early")
+                    break
             factor = lr_factor(step, max_iters=t.max_iters, warmup_iters=t.warmup_iters,
                                schedule=t.schedule, min_lr_ratio=t.min_lr_ratio, decay_frac=t.decay_frac)
             for group in optimizer.param_groups:

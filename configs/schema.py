@@ -53,6 +53,7 @@ class TaskConfig:
     modulus: int = 97
     train_fraction: float = 0.5
     acc_threshold: float = 0.99          # memorization: train accuracy at least this
+    stop_when_solved: bool = False       # end the run once val accuracy is 100% (see data/grokking.py)
 
 
 @dataclass

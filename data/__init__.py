@@ -1,7 +1,8 @@
 """Data: `prepare` writes token files, `lm` serves language-model batches, `grokking` builds
 the modular-arithmetic task. `build_task` picks the task of a run config; every task has
 vocab_size, block_size, get_batch(split, batch_size, *, step, micro_step, rank),
-evaluate(model, *, batch_size, eval_iters, device, autocast) and summary(history).
+evaluate(model, *, batch_size, eval_iters, device, autocast), done(history) (may the run
+end early?) and summary(history).
 Imports are lazy so that loading the config schema (data.config) stays cheap.
 """
 from configs.errors import UserError

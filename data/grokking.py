@@ -120,6 +120,14 @@ class GrokkingTask:
         model.train(was_training)
         return out
 
+    def done(self, history: list[dict]) -> bool:
+        """With task.stop_when_solved, the run can end at the first evaluation with every val
+        answer right (and train memorized): no later evaluation can raise the maximum val
+        accuracy above 1, so the grokking and memorization steps are those of the full run."""
+        last = history[-1] if history else {}
+        return bool(self.cfg.stop_when_solved and last.get("val/acc") == 1.0
+                    and last.get("train/acc", 0.0) >= self.cfg.acc_threshold)
+
     def summary(self, history: list[dict]) -> dict:
         """Memorization and grokking points of the eval records, in steps, epochs and tokens.
 

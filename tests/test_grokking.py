@@ -234,3 +234,21 @@ def test_tiny_grokking_run_end_to_end(tmp_path):
     evals = [r for r in evals if "val/acc" in r]
     assert [r["step"] for r in evals] == [0, 10, 20, 30]
     assert evals[-1]["train/loss"] < evals[0]["train/loss"]
+
+
+def test_stop_when_solved_keeps_the_grokking_step_of_the_full_run():
+    # A full run's curve; stopping at the first eval with val accuracy 1.0 must not change
+    # the grokking or memorization step computed from the records up to there.
+    steps = [0, 50, 100, 150, 200, 250, 300]
+    val = [0.01, 0.2, 0.985, 0.995, 1.0, 0.999, 1.0]
+    train = [0.02, 0.995, 1.0, 1.0, 1.0, 1.0, 1.0]
+    history = [{"step": s, "tokens": s * 2048, "val/acc": v, "train/acc": t}
+               for s, v, t in zip(steps, val, train)]
+    task = GrokkingTask(task_cfg(stop_when_solved=True), seed=0)
+    stop = next(i for i in range(1, len(history) + 1) if task.done(history[:i]))
+    assert steps[stop - 1] == 200
+    full, early = task.summary(history), task.summary(history[:stop])
+    assert early["grokking_step"] == full["grokking_step"] == 150
+    assert early["memorization_step"] == full["memorization_step"] == 50
+    off = GrokkingTask(task_cfg(stop_when_solved=False), seed=0)
+    assert not any(off.done(history[:i]) for i in range(1, len(history) + 1))
