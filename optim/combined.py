@@ -47,6 +47,13 @@ class CombinedOptimizer(torch.optim.Optimizer):
         for name, opt in self.parts.items():
             opt.load_state_dict(state_dict[name])
         self.param_groups = self._groups()  # loading replaced the parts' group dicts
+        self.state = ChainMap(*(opt.state for opt in self.parts.values()))  # and state dicts
+
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """ZeRO-1: gather the parts' sharded states before state_dict(); call on every rank."""
+        for opt in self.parts.values():
+            if hasattr(opt, "consolidate_state_dict"):
+                opt.consolidate_state_dict(to=to)
 
     def add_param_group(self, param_group: dict) -> None:
         if getattr(self, "_built", False):

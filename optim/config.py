@@ -31,6 +31,7 @@ class OptimizerConfig:
     power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
     rank: Optional[int] = None           # muon_svd: keep the top-r singular directions
+    distributed: bool = True             # torchrun: each rank transforms its share of the matrices
     split_qkv: bool = False              # treat packed q, k, v as three matrices
     qkv_patterns: List[str] = field(default_factory=lambda: ["*c_attn.weight"])  # what is packed
     matrix_patterns: List[str] = field(default_factory=lambda: ["*"])   # glob on param names

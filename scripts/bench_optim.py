@@ -3,6 +3,7 @@
     python scripts/bench_optim.py                                  # every name, 12 layers (124M)
     python scripts/bench_optim.py --layers 1 --repeats 3 --names muon namo namo_d
     python scripts/bench_optim.py --device cuda
+    python scripts/bench_optim.py --procs 1 2 --layers 2 --names muon namo namo_d
 
 Times (median of --repeats steps after --warmup) one optimizer step of every registry name
 with its YAML defaults on the real GPT-2 parameters (--layers blocks 768 wide, the 50304 x 768
@@ -10,16 +11,24 @@ tied embedding, 1024 x 768 positions, LayerNorms, biases) with fixed random grad
 timed round-robin: the matrix parts of Muon, NAMO and NAMO-D, torch.optim.Muon (a loop over
 parameters) on the same matrices, torch.optim.AdamW (foreach) on all parameters; and the
 Newton-Schulz GFLOP/s per matrix shape against a bfloat16 matmul of the same size.
+
+--procs N ...: instead, the optimizer step time per rank with N CPU processes (gloo, --threads
+each, default 1) that share the matrix transforms (see optim/matrix.py), for --names (default
+muon namo namo_d); --zero shards the state too. Ranks start each timed step together.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -56,6 +65,71 @@ def ns_flops(S: int, m: int, n: int, steps: int) -> float:
     return S * steps * (4 * r * r * c + 2 * r ** 3)
 
 
+def gpt2_with_grads(layers: int, device: str) -> GPT:
+    """GPT-2's parameter shapes with `layers` blocks, and fixed random gradients."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=layers, n_head=12, n_embd=768, block_size=1024,
+                          vocab_size=50304)).to(device)
+    for p in model.parameters():
+        p.grad = 1e-3 * torch.randn_like(p)
+    return model
+
+
+def procs_worker(rank: int, world: int, args, init: str, out: str) -> None:
+    """One rank: median wall and CPU seconds (this thread's: the rank's own compute, whatever
+    else runs on the machine) of the whole step and of its matrix part, per name."""
+    torch.set_num_threads(args.threads or 1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    together = dist.barrier if world > 1 else (lambda: None)
+    model = gpt2_with_grads(args.layers, "cpu")
+    times = {}
+    for name in args.names or TARGETED:
+        cfg = to_object(load_config([f"optimizer={name}"])).optimizer
+        opt = build_optimizer(model, cfg, log=lambda *a, **k: None, zero=args.zero)
+        parts = {"step": opt.step}
+        if "matrix" in getattr(opt, "parts", {}):
+            parts["matrix"] = opt.parts["matrix"].step
+        for part, fn in parts.items():
+            wall, cpu = [], []
+            for i in range(args.warmup + args.repeats):
+                together()
+                t0, c0 = time.perf_counter(), time.thread_time()
+                fn()
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.thread_time() - c0)
+            times[f"{name} {part} wall"] = statistics.median(wall[args.warmup:])
+            times[f"{name} {part} cpu"] = statistics.median(cpu[args.warmup:])
+        del opt
+    every = [times]
+    if world > 1:
+        every = [None] * world
+        dist.all_gather_object(every, times)
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps(every))
+
+
+def bench_procs(args) -> None:
+    per_n = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.procs:
+            out = f"{tmp}/times{n}.json"
+            mp.spawn(procs_worker, args=(n, args, f"file://{tmp}/rendezvous{n}", out), nprocs=n)
+            per_n[n] = json.loads(Path(out).read_text())
+    print(f"GPT-2 shapes, {args.layers} layers, CPU (gloo), {args.threads or 1} thread(s) per "
+          f"process{', ZeRO-1' if args.zero else ''}: median ms of {args.repeats} steps after "
+          f"{args.warmup} warmup; per rank (slowest rank = the step). wall: elapsed; cpu: the "
+          f"rank's main-thread CPU time, its own work even on a busy machine\n")
+    print(f"{'optimizer':25s} " + " ".join(f"{f'{n} proc(s) ms':>22s}" for n in args.procs)
+          + f" {'speed-up':>9s}")
+    for key in per_n[args.procs[0]][0]:
+        ranks = {n: [1e3 * r[key] for r in per_n[n]] for n in args.procs}
+        cols = " ".join(f"{' / '.join(f'{t:.1f}' for t in ranks[n]):>22s}" for n in args.procs)
+        speedup = max(ranks[args.procs[0]]) / max(ranks[args.procs[-1]])
+        print(f"{key:25s} {cols} {speedup:8.2f}x")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--names", nargs="*", default=None, help="registry names (default: all)")
@@ -64,18 +138,19 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--procs", type=int, nargs="*", default=None,
+                    help="time the step per rank at these process counts (CPU, gloo)")
+    ap.add_argument("--zero", action="store_true", help="with --procs: ZeRO-1 sharded state")
     args = ap.parse_args(argv)
+    if args.procs:
+        return bench_procs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.names or available()
     dev, quiet = args.device, (lambda *a, **k: None)
     bench = lambda fns: median_seconds(fns, args.warmup, args.repeats, dev)  # noqa: E731
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=args.layers, n_head=12, n_embd=768, block_size=1024,
-                          vocab_size=50304)).to(dev)
-    for p in model.parameters():
-        p.grad = 1e-3 * torch.randn_like(p)
+    model = gpt2_with_grads(args.layers, dev)
     base_cfg = to_object(load_config(["optimizer=muon"])).optimizer
     matrix, _ = split_params(model, base_cfg)
     n_params = sum(p.numel() for p in model.parameters())
