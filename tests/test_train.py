@@ -77,8 +77,11 @@ def test_sigkill_then_resume_is_exact(tmp_path, small_text):
     assert resumed["status"] == "completed"
     assert resumed["final_val_loss"] == full["final_val_loss"]
     assert resumed["best_val_loss"] == full["best_val_loss"]
-    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(steps) == len(set(steps)), "a step was logged twice after the resume"
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [(r["step"], "val/loss" in r) for r in recs]  # a step has a train and an eval event
+    assert len(events) == len(set(events)), "an event was logged twice after the resume"
+    full_recs = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(events) == sorted((r["step"], "val/loss" in r) for r in full_recs)
 
 
 def test_huge_lr_diverges(tmp_path, small_text):

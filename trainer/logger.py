@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 
 from trainer.checkpoint import atomic_write_text
@@ -54,7 +55,7 @@ class RunLogger:
         import wandb
 
         id_file = self.out_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if (resume and id_file.exists()) else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if (resume and id_file.exists()) else secrets.token_hex(4)
         atomic_write_text(id_file, run_id)
         mode = _wandb_mode(wcfg.mode)
         run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group,
