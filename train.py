@@ -9,7 +9,6 @@ Outputs in out_dir: config.yaml, metrics.jsonl, summary.json, ckpt.pt (see READM
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext

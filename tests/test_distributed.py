@@ -3,25 +3,11 @@ processes equals that of one process with the same global batch, and ranks stay 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from runs import launch, train_losses
 
-
-def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    prefix = [sys.executable, "train.py"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "train.py"]
-    return subprocess.run(prefix + args, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def train_losses(out: Path) -> dict[int, float]:
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in recs if "lr" in r}
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "namo_d"])

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ import torch.multiprocessing as mp
 from configs.errors import UserError
 from optim import OptimizerConfig, build_optimizer
 from optim.matrix import Chain
+
+from runs import launch, train_losses
 
 REPO = Path(__file__).resolve().parents[1]
 # Stacks of 3, 1 and 5 matrices: a short last slice, a rank with no rows, and the packed
@@ -184,17 +184,6 @@ def test_zero_matrix_state_is_sharded_and_checkpoints_are_portable(tmp_path):
 
 
 # ---- 3. ZeRO-1 through train.py: same losses, resume at another world size ---------------------
-
-def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    prefix = [sys.executable, "train.py"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "train.py"]
-    return subprocess.run(prefix + args, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def train_losses(out: Path) -> dict[int, float]:
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in recs if "lr" in r}
 
 
 def test_zero_adamw_matches_and_resumes_in_one_process(tmp_path, small_text):

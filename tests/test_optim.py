@@ -3,7 +3,6 @@ torch.optim.Muon, float64 recomputations of the NAMO / NAMO-D / spectral-family 
 exact SVDs; plus state round trips, bad input, and a short training run of every name."""
 from __future__ import annotations
 
-import copy
 import io
 import math
 
@@ -16,15 +15,6 @@ from configs.errors import UserError
 from model import GPT, GPTConfig
 from optim import OptimizerConfig, build_optimizer
 from optim.matrix import shape_scale
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: thread start-up costs more than it saves, most of all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quiet(*args, **kwargs):

@@ -3,7 +3,6 @@ and the bad-input errors (one line, exit code 2, nothing overwritten)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
