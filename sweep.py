@@ -407,6 +407,12 @@ class Launched:
     log: io.IOBase
 
 
+def default_sigint() -> None:
+    """A launcher started in the background (`nohup ... &`) ignores SIGINT, and children inherit
+    that; restore it so that the SIGINT of stop_runs lets a run stop cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: list[str],
               threads: int, nproc: int) -> Launched:
     summary = read_json(run_dir / "summary.json")
@@ -428,7 +434,7 @@ def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: lis
     # Own session: Ctrl-C reaches the launcher only, which stops the runs itself (see stop_runs).
     proc = subprocess.Popen(cmd + args, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, pass_fds=(lock.fd,),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     lock.note({"launcher_pid": os.getpid(), "pid": proc.pid, "gpus": gpus, "started": time.time()})
     return Launched(p, proc, lock, gpus, log)
 
