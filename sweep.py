@@ -715,6 +715,22 @@ def compare(a: LrStats, b: LrStats, metric: str) -> str:
             f"(std {a.std:.3g} + {b.std:.3g} = {spread:.3g})")
 
 
+def neighbour_costs(c: dict) -> str:
+    """How much a grid step off the best lr costs, down and up: the robustness a tolerance-based
+    width misses on a coarse grid. '+0.07 (/4) / +0.24 (x4)'; 'edge' where the grid ends."""
+    per_lr, best = c["per_lr"], c["best"]
+    i = per_lr.index(best)
+    out = []
+    for j, sign in ((i - 1, "/"), (i + 1, "x")):
+        if not 0 <= j < len(per_lr):
+            out.append("edge")
+            continue
+        st, ratio = per_lr[j], max(per_lr[j].lr, best.lr) / min(per_lr[j].lr, best.lr)
+        cost = f"+{st.mean - best.mean:.3f}" if st.values and not st.n_bad else f"{st.n_bad}/{st.n} diverged"
+        out.append(f"{cost} ({sign}{ratio:.2g})")
+    return " / ".join(out)
+
+
 def report_markdown(rows: list[dict], cfg, setup: list[str], s: dict) -> str:
     grok = cfg.metric == "grokking_step"
     count = {k: sum(r["status"] == k for r in rows)
@@ -735,6 +751,8 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: dict) -> str:
                   "ranks behind one where none did.",
                   f"Stable range: the contiguous lrs around the best where no seed diverged and "
                   f"the mean is within {cfg.tolerance:g} of the best.",
+                  "One grid step off: the mean loss at the next lower / higher lr of the grid "
+                  "minus the best (the lr ratio in brackets), the cost of missing the best lr.",
                   f"Tokens to target: the first evaluation with val/loss <= {fmt(s['target'])} "
                   + ("(sweep.target_loss)" if cfg.target_loss is not None else
                      "(the worst optimizer's best final loss)")
@@ -742,7 +760,7 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: dict) -> str:
     header = ["rank", "optimizer", "best lr",
               "grokking step" if grok else "final val loss", "stable lrs", "width (decades)"]
     header += ["grokked at best lr", "grokked, all lrs"] if grok else \
-        [f"tokens to {fmt(s['target'])}"]
+        ["one grid step off", f"tokens to {fmt(s['target'])}"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, curve in enumerate(s["ranked"], 1):
         c = s["curves"][curve]
@@ -762,7 +780,7 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: dict) -> str:
             cells += [f"{len(b.values)}/{b.n}", f"{grokked}/{len(runs)}"]
         else:
             mean, k, n = c["to_target"]
-            cells += ["not reached" if mean is None else f"{fmt_tokens(mean)} ({k}/{n} seeds)"]
+            cells += [neighbour_costs(c), "not reached" if mean is None else f"{fmt_tokens(mean)} ({k}/{n} seeds)"]
         lines.append("| " + " | ".join(cells) + " |")
     if len(s["ranked"]) > 1:
         lines += ["", "## Ranking", ""]

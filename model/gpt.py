@@ -46,6 +46,30 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class CPUTanhGELU(torch.autograd.Function):
+    """GPT-2's tanh GELU for float32 CPU tensors, where ATen's kernel is slowed by its tanh
+    (0.71 ms vs 0.18 ms for the exact GELU on a 768 x 512 input here, scripts/bench_model.py).
+    Forward through 0.5 (1 + tanh z) = sigmoid(2 z), the same function to float32 rounding;
+    backward is ATen's own gelu_backward, so the gradient given x is ATen's exactly."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        c = 2 * math.sqrt(2 / math.pi)  # 2z = c (x + 0.044715 x^3)
+        return torch.sigmoid_((x * x).mul_(0.044715 * c).add_(c).mul_(x)).mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+
+
+def gelu_tanh(x):
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return CPUTanhGELU.apply(x)
+    return F.gelu(x, approximate="tanh")  # one fused kernel on GPUs and in low precision
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -55,7 +79,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers).
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class Block(nn.Module):

@@ -41,3 +41,22 @@ def test_gpt2_small_size():
     m = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257))
     assert m.vocab_size == 50304
     assert 123e6 < m.num_params(non_embedding=False) < 125e6  # "124M"
+
+
+@pytest.mark.parametrize("shape", [(7, 513), (2, 3, 64)])
+def test_cpu_tanh_gelu_matches_float64_reference(shape):
+    """The sigmoid-form CPU GELU is GPT-2's tanh GELU: values and gradients against ATen's
+    tanh GELU in float64, on fresh inputs spanning the range where the curve bends."""
+    from model.gpt import gelu_tanh
+    x = (torch.randn(shape) * 4).requires_grad_()
+    grad = torch.randn(shape)
+    y = gelu_tanh(x)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    x64 = x.detach().double().requires_grad_()
+    y64 = torch.nn.functional.gelu(x64, approximate="tanh")
+    (dx64,) = torch.autograd.grad(y64, x64, grad.double())
+    torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx.double(), dx64, rtol=1e-5, atol=1e-5)
+    # Other dtypes go through ATen's fused kernel unchanged.
+    xb = x.detach().bfloat16()
+    assert torch.equal(gelu_tanh(xb), torch.nn.functional.gelu(xb, approximate="tanh"))

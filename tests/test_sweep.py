@@ -261,8 +261,14 @@ def test_report_statistics(tmp_path):
     # Target: the worst optimizer's best mean, b's 1.9617. a's seeds first reach it at the
     # eval v + 0.02 (tokens 2000); b's only at their final eval (3000), two seeds of three.
     assert "val/loss <= 1.9617" in report
-    assert a[6].strip() == "2k (3/3 seeds)"
-    assert b[6].strip() == "3k (2/3 seeds)"
+    assert a[7].strip() == "2k (3/3 seeds)"
+    assert b[7].strip() == "3k (2/3 seeds)"
+    # One grid step off the best: a's 1e-3 and 4e-3 means minus its best; b is at the low edge
+    # and its next lr diverged in every seed.
+    below = statistics.mean([2.00, 2.02, 2.04]) - mean
+    above = statistics.mean([1.93, 1.94, 1.95]) - mean
+    assert a[6].strip() == f"+{below:.3f} (/2) / +{above:.3f} (x2)"
+    assert b[6].strip() == "edge / 3/3 diverged (x2)"
     gap = statistics.mean([1.98, 1.955, 1.95]) - mean
     spread = std + statistics.stdev([1.98, 1.955, 1.95])
     assert f"behind by {gap:.4g} nats, which exceeds the seed spread" in report
