@@ -255,13 +255,15 @@ def run(cfg_node) -> dict:
                 evaluate(step)
             save_checkpoint(step)
         bar.close()
-        return write_summary("completed" if diverged_at is None else "diverged", diverged_at)
-    except Exception as exc:  # a crash mid-run is a recorded result, then re-raised
+        summary = write_summary("completed" if diverged_at is None else "diverged", diverged_at)
+    except BaseException as exc:  # a crash mid-run is a recorded result, then re-raised
         bar.close()
-        write_summary("failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Exception):
+            write_summary("failed", error=f"{type(exc).__name__}: {exc}")
+        teardown(env, clean=False)
         raise
-    finally:
-        teardown(env)
+    teardown(env)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,3 +20,11 @@ def train_losses(out: Path) -> dict[int, float]:
     """step -> train loss of the run's metrics.jsonl."""
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["train/loss"] for r in recs if "lr" in r}
+
+
+def why(proc: subprocess.CompletedProcess) -> str:
+    """A failed run's story: under torchrun a rank's own error comes long before the launcher's
+    closing summary, so show the lines that name an error as well as the end."""
+    lines = proc.stderr.splitlines()
+    errors = [l for l in lines if any(k in l for k in ("Error", "error:", "terminate", "abort", "what()"))]
+    return "\n".join(errors[:30]) + "\n...\n" + proc.stderr[-1500:]

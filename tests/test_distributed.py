@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runs import launch, train_losses
+from runs import launch, train_losses, why
 
 
 
@@ -18,9 +18,9 @@ def test_two_processes_match_one(tmp_path, small_text, optimizer):
               "train.eval_interval=6", "train.eval_iters=2", "train.log_interval=1",
               "train.warmup_iters=2", "threads=1"]
     single = launch(common + [f"out_dir={tmp_path / 'one'}"], 1)
-    assert single.returncode == 0, single.stderr[-2000:]
+    assert single.returncode == 0, why(single)
     multi = launch(common + [f"out_dir={tmp_path / 'two'}"], 2)
-    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert multi.returncode == 0, why(multi)
     one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 13))
     for step in one:  # float32 reduction order differs: all-reduce vs local accumulation

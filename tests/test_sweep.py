@@ -264,12 +264,13 @@ def test_report_statistics(tmp_path):
     assert a[7].strip() == "2k (3/3 seeds)"
     assert b[7].strip() == "3k (2/3 seeds)"
     # One grid step off the best: a's 1e-3 and 4e-3 means minus its best; b is at the low edge
-    # and its next lr diverged in every seed.
+    # of its grid and its next lr, 2e-3, costs 2.00 minus its best.
     below = statistics.mean([2.00, 2.02, 2.04]) - mean
     above = statistics.mean([1.93, 1.94, 1.95]) - mean
     assert a[6].strip() == f"+{below:.3f} (/2) / +{above:.3f} (x2)"
-    assert b[6].strip() == "edge / 3/3 diverged (x2)"
-    gap = statistics.mean([1.98, 1.955, 1.95]) - mean
+    b_mean = statistics.mean([1.98, 1.955, 1.95])
+    assert b[6].strip() == f"edge / +{statistics.mean([1.99, 2.00, 2.01]) - b_mean:.3f} (x2)"
+    gap = b_mean - mean
     spread = std + statistics.stdev([1.98, 1.955, 1.95])
     assert f"behind by {gap:.4g} nats, which exceeds the seed spread" in report
     assert gap > spread
@@ -363,3 +364,20 @@ def test_wandb_group_and_name_only_when_enabled(tmp_path):
         assert ("wandb.group=grp" in args) is enabled
         assert (f"wandb.name={points[0].run_id}" in args) is enabled
         assert f"out_dir={tmp_path / points[0].run_id}" in args and "resume=true" in args
+
+
+def test_report_neighbour_that_diverged(tmp_path):
+    """A grid step off the best that diverged in some seed is reported as such, not as a loss."""
+    d = tmp_path / "hand"
+    for seed in (0, 1):
+        loss_run(d, "c", 1e-3, seed, 2.10 + 0.01 * seed)
+        loss_run(d, "c", 3e-3, seed, 2.00 + 0.01 * seed)
+    loss_run(d, "c", 1e-2, 0, 1.90)
+    fake_run(d, "c", 1e-2, 1, {"status": "diverged", "final_val_loss": None, "steps": 3,
+                               "diverged_at_step": 3}, [])
+    write_sweep_json(d, seeds=[0, 1])
+    assert sweep.main(["report", f"sweep.dir={d}"]) == 0
+    row = next(line.split("|")[1:-1] for line in (d / "report.md").read_text().splitlines()
+               if line.startswith("| 1 |"))
+    assert row[2].strip() == "0.003"
+    assert row[6].strip() == "+0.100 (/3) / 1/2 diverged (x3.3)"

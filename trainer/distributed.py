@@ -84,6 +84,11 @@ def ranks_in_sync(model: torch.nn.Module, env: DistEnv) -> bool:
     return len(set(digests)) == 1
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, clean: bool = True) -> None:
+    """Leave the process group. After a clean run, wait for every rank first: a rank that tears
+    its gloo connections down while rank 0 still writes its summary can abort (SIGABRT) on the
+    peer's closed socket. After a crash, skip the barrier: the other ranks may never arrive."""
     if env.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
