@@ -9,6 +9,7 @@ Outputs in out_dir: config.yaml, metrics.jsonl, summary.json, ckpt.pt (see READM
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -285,4 +286,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank whose run is finished and written leaves at once: at interpreter
+        # teardown gloo's transport threads can still be joinable, and std::terminate then
+        # aborts a rank that succeeded ("terminate called without an active exception").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
