@@ -27,7 +27,7 @@ class OptimizerConfig:
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
     ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd
     ns_steps: int = 5
-    ns_dtype: str = "bfloat16"
+    ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32 | float16
     power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
     rank: Optional[int] = None           # muon_svd: keep the top-r singular directions

@@ -32,7 +32,17 @@ from torch import Tensor
 
 from optim import spectral
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def ns_dtype(name: str, device: torch.device) -> torch.dtype:
+    """optimizer.ns_dtype -> the Newton-Schulz matmul dtype. auto: bfloat16 on GPUs (Muon's
+    choice: fast tensor cores, accurate enough), float32 elsewhere, since a CPU without native
+    bf16 (no AVX512-BF16/AMX) runs bf16 matmuls 20-30x slower than float32 (a 128 x 512 x 128
+    product: 9.7 ms vs 0.36 ms on this project's 2-core AMD EPYC)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
 
 
 def _zeros(states: list[dict], key: str, shapes, like: Tensor) -> list[Tensor]:
@@ -82,7 +92,7 @@ def adam_normalize(group, grads, states):
 def orthogonalize(group, X: Tensor) -> Tensor:
     """Muon's O: quintic Newton-Schulz on X / ||X||_F, or the exact U Vᵀ with ns=svd."""
     return spectral.orthogonalize(X, method=group["ns"], steps=group["ns_steps"],
-                                  dtype=DTYPES[group["ns_dtype"]])
+                                  dtype=ns_dtype(group["ns_dtype"], X.device))
 
 
 def rank_limited_polar(group, X: Tensor) -> Tensor:
@@ -97,7 +107,8 @@ def spectral_power(group, X: Tensor) -> Tensor:
     if p == 1:
         return X
     return spectral.spectral_power(X, p, steps=group["coupled_steps"], ns_steps=group["ns_steps"],
-                                   method="svd" if group["ns"] == "svd" else "iterative")
+                                   method="svd" if group["ns"] == "svd" else "iterative",
+                                   ns_dtype=ns_dtype(group["ns_dtype"], X.device))
 
 
 # ---- step size: lr, adaptive and shape scales, weight decay -> (eta, rho) -----------------------

@@ -107,10 +107,10 @@ def _square_root_power(X: Tensor, steps: int) -> Tensor:
 
 
 def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
-                   method: str = "iterative") -> Tensor:
+                   method: str = "iterative", ns_dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Psi_p(X) = U Σ^p Vᵀ for p in {1, 1/2, 1/4, 0}.
 
-    method="iterative": p = 0 by newton_schulz; p = 1/2 by the coupled inverse fourth root on
+    method="iterative": p = 0 by newton_schulz (in ns_dtype); p = 1/2 by the coupled inverse fourth root on
     the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since Psi_p(cX) = c^p Psi_p(X), X is
     first divided by its Frobenius norm (so the Gram neither under- nor overflows) and the
     result scaled back. method="svd": the exact reference from the SVD; there singular values
@@ -129,7 +129,7 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
     if method != "iterative":
         raise UserError(f"unknown spectral power method {method!r}: use 'iterative' or 'svd'")
     if p == 0:
-        return newton_schulz(X, ns_steps)
+        return newton_schulz(X, ns_steps, dtype=ns_dtype)
     Y = X.to(torch.promote_types(X.dtype, torch.float32))
     norm = Y.norm(dim=(-2, -1), keepdim=True)
     Y = Y / norm.clamp_min(1e-30)

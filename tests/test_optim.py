@@ -65,7 +65,8 @@ def test_muon_matches_torch_muon(scale, adjust):
     ours, ref = Matrices(SHAPES, seed=1), Matrices(SHAPES, seed=1)
     w0 = [p.detach().clone() for p in ours.parameters()]
     opt = build_optimizer(ours, OptimizerConfig(name="muon", lr=0.02, weight_decay=0.1,
-                                                momentum=0.95, scale=scale), log=quiet)
+                                                momentum=0.95, scale=scale, ns_dtype="bfloat16"),
+                          log=quiet)
     ref_opt = torch.optim.Muon(ref.parameters(), lr=0.02, weight_decay=0.1, momentum=0.95,
                                nesterov=True, adjust_lr_fn=adjust)
     grads = random_grads(w0, 6, seed=2)
@@ -76,6 +77,26 @@ def test_muon_matches_torch_muon(scale, adjust):
         # instead of baddbmm) differs by about 2% in bfloat16, so this bound catches wrong
         # conventions, not rounding; the float32 test below checks the math tightly.
         assert rel(a.detach() - w, b.detach() - w) < 5e-2
+
+
+def test_ns_dtype_auto_is_bf16_on_gpu_and_fp32_on_cpu():
+    """auto: bfloat16 where tensor cores make it fast, float32 on CPUs (bf16 matmuls there are
+    emulated, 20-30x slower); on CPU a step with auto is the float32 step, bit for bit."""
+    from optim.matrix import ns_dtype
+    assert ns_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert ns_dtype("auto", torch.device("cpu")) == torch.float32
+    assert ns_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert OptimizerConfig().ns_dtype == "auto"
+    finals = {}
+    for name in ("muon", "adamz"):
+        for dtype in ("auto", "float32", "bfloat16"):
+            model = Matrices(SHAPES, seed=1)
+            w0 = [p.detach().clone() for p in model.parameters()]
+            opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.02, ns_dtype=dtype), log=quiet)
+            run_updates(model, opt, random_grads(w0, 3, seed=2))
+            finals[name, dtype] = [p.detach().clone() for p in model.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(finals[name, "auto"], finals[name, "float32"]))
+        assert not all(torch.equal(a, b) for a, b in zip(finals[name, "auto"], finals[name, "bfloat16"]))
 
 
 def quintic_newton_schulz(X, steps=5):
