@@ -20,7 +20,7 @@ import torch
 from configs import load_config, to_object
 from configs.errors import UserError
 from trainer import checkpoint
-from trainer.distributed import DistEnv, all_mean, ranks_in_sync, setup, teardown
+from trainer.distributed import DistEnv, all_mean, exit_rank, ranks_in_sync, setup, teardown
 from trainer.logger import RunLogger, truncate_metrics
 from trainer.schedule import SCHEDULES, lr_factor
 
@@ -194,7 +194,7 @@ def run(cfg_node) -> dict:
     from tqdm.auto import tqdm
     bar = tqdm(total=t.max_iters, initial=step, disable=not env.is_main, dynamic_ncols=True,
                desc=cfg.optimizer.name, mininterval=1.0)
-    last_eval, diverged_at = None, None
+    last_eval, diverged_at, clean = None, None, False
     try:
         model.train()
         while step < t.max_iters:
@@ -257,13 +257,13 @@ def run(cfg_node) -> dict:
             save_checkpoint(step)
         bar.close()
         summary = write_summary("completed" if diverged_at is None else "diverged", diverged_at)
-    except BaseException as exc:  # a crash mid-run is a recorded result, then re-raised
+        clean = True
+    except Exception as exc:  # a crash mid-run is a recorded result, then re-raised
         bar.close()
-        if isinstance(exc, Exception):
-            write_summary("failed", error=f"{type(exc).__name__}: {exc}")
-        teardown(env, clean=False)
+        write_summary("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    teardown(env)
+    finally:
+        teardown(env, clean=clean)
     return summary
 
 
@@ -288,10 +288,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # A torchrun rank whose run is finished and written leaves at once: at interpreter
-        # teardown gloo's transport threads can still be joinable, and std::terminate then
-        # aborts a rank that succeeded ("terminate called without an active exception").
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_rank(code)  # its run is finished and written; see trainer/distributed.py
     sys.exit(code)

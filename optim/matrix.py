@@ -32,7 +32,7 @@ from torch import Tensor
 
 from optim import spectral
 
-DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
 def ns_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -80,7 +80,7 @@ def check_config(cfg: OptimizerConfig) -> None:
     for key, allowed in (("decay_style", ("adaptive", "decoupled")),
                          ("ns", ("newton_schulz", "svd")),
                          ("scale", (None, "moonlight", "original", "none")),
-                         ("ns_dtype", tuple(DTYPES))):
+                         ("ns_dtype", ("auto", *DTYPES))):
         if getattr(cfg, key) not in allowed:
             bad(key, getattr(cfg, key), f"must be one of {', '.join(str(a) for a in allowed)}")
     for key in ("momentum", "mu2"):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import faulthandler
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import torch.multiprocessing as mp
 from configs.errors import UserError
 from optim import OptimizerConfig, build_optimizer
 from optim.matrix import Chain
+from trainer.distributed import exit_rank
 
 from runs import launch, train_losses, why
 
@@ -92,12 +91,7 @@ def _worker(rank, world, init, fn, args):
     fn(rank, world, *args)  # a failed assert raises: mp.spawn reports it
     dist.barrier()
     dist.destroy_process_group()
-    # gloo's transport threads can still be joinable when the interpreter tears down, and
-    # std::terminate then aborts a rank that passed ("terminate called without an active
-    # exception", now and then on 2 cores). The work is done and checked: leave at once.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank(0)
 
 
 def spawn(tmp_path, fn, *args, world=2):
