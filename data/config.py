@@ -1,4 +1,5 @@
-"""The `data` config group's schema: one dataclass, one YAML per dataset in configs/data/."""
+"""The schemas of the `data` group (DataConfig, one YAML per dataset in configs/data/) and the
+`task` group (TaskConfig, configs/task/): torch-free, each validates itself."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,3 +31,45 @@ class DataConfig:
         if self.num_proc < 1 or self.chunk_docs < 1:
             raise UserError(f"data.num_proc={self.num_proc} and data.chunk_docs={self.chunk_docs} "
                             "must both be at least 1")
+
+
+TASKS = ("lm", "grokking")
+GROKKING_OPERATIONS = ("division", "addition", "subtraction", "multiplication")
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+
+
+@dataclass
+class TaskConfig:
+    """The `task` config group's schema (configs/task/<name>.yaml): what a run learns."""
+    name: str = "lm"                     # lm | grokking
+    # grokking (configs/task/grokking.yaml, data/grokking.py)
+    operation: str = "division"          # division | addition | subtraction | multiplication
+    modulus: int = 97
+    train_fraction: float = 0.5
+    acc_threshold: float = 0.99          # memorization: train accuracy at least this
+    stop_when_solved: bool = False       # end the run once val accuracy is 100% (see data/grokking.py)
+
+    def __post_init__(self):
+        p, op, frac = self.modulus, self.operation, self.train_fraction
+        if self.name not in TASKS:
+            raise UserError(f"task.name={self.name} is unknown; use {' or '.join(TASKS)}")
+        if op not in GROKKING_OPERATIONS:
+            raise UserError(f"task.operation={op!r} is unknown; choose one of: "
+                            f"{', '.join(GROKKING_OPERATIONS)}")
+        if p < 2:
+            raise UserError(f"task.modulus={p} must be at least 2 (97 is the usual choice)")
+        if op == "division" and not is_prime(p):
+            raise UserError(f"task.modulus={p} is not prime, so {op} mod {p} is undefined for "
+                            f"some b; use a prime modulus such as 97 or 113")
+        if not 0 < frac < 1:
+            raise UserError(f"task.train_fraction={frac} must lie strictly between 0 and 1 "
+                            f"(0.5 is the usual choice)")
+        if not 0 < self.acc_threshold <= 1:
+            raise UserError(f"task.acc_threshold={self.acc_threshold} must lie in (0, 1]")
+        pairs = p * (p - 1) if op == "division" else p * p   # b != 0 for division
+        if not 0 < round(frac * pairs) < pairs:
+            raise UserError(f"task.train_fraction={frac} leaves an empty split of the {pairs} "
+                            f"pairs mod {p}; use a fraction nearer 0.5 or a larger modulus")

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configs.errors import UserError
 
 # The answer of each operation on tensors a, b mod p; division by b is multiplication by
 # b's inverse b^(p-2) (Fermat), so it needs a prime p.
@@ -30,10 +29,6 @@ NEEDS_INVERSE = {"division"}
 SPLITS = ("train", "val")
 GROK_TOLERANCE = 0.01        # grokked: val accuracy within this (absolute) of its maximum ...
 GROK_MIN_ACC = 0.95          # ... provided that maximum is at least this
-
-
-def is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
 def make_pairs(operation: str, p: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,30 +49,14 @@ def _generator(*keys: int) -> torch.Generator:
 
 
 class GrokkingTask:
-    """The task protocol train.py drives: vocab_size, block_size, get_batch, evaluate, summary."""
+    """The Task (data/task.py) of modular arithmetic; its config is a checked TaskConfig."""
 
     block_size = 4  # a, op, b, =
 
     def __init__(self, cfg, seed: int):
-        p, op, frac = cfg.modulus, cfg.operation, cfg.train_fraction
-        if op not in OPERATIONS:
-            raise UserError(f"task.operation={op!r} is unknown; choose one of: "
-                            f"{', '.join(OPERATIONS)}")
-        if p < 2:
-            raise UserError(f"task.modulus={p} must be at least 2 (97 is the usual choice)")
-        if op in NEEDS_INVERSE and not is_prime(p):
-            raise UserError(f"task.modulus={p} is not prime, so {op} mod {p} is undefined for "
-                            f"some b; use a prime modulus such as 97 or 113")
-        if not 0 < frac < 1:
-            raise UserError(f"task.train_fraction={frac} must lie strictly between 0 and 1 "
-                            f"(0.5 is the usual choice)")
-        if not 0 < cfg.acc_threshold <= 1:
-            raise UserError(f"task.acc_threshold={cfg.acc_threshold} must lie in (0, 1]")
+        p, op = cfg.modulus, cfg.operation   # checked by TaskConfig (data/config.py)
         x, answers = make_pairs(op, p)
-        n_train = round(frac * len(x))
-        if not 0 < n_train < len(x):
-            raise UserError(f"task.train_fraction={frac} leaves an empty split of the {len(x)} "
-                            f"pairs mod {p}; use a fraction nearer 0.5 or a larger modulus")
+        n_train = round(cfg.train_fraction * len(x))
         order = torch.randperm(len(x), generator=_generator(seed, 0xC0FFEE))
         y = torch.full_like(x, -1)
         y[:, -1] = answers

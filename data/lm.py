@@ -23,6 +23,10 @@ def generator(*parts) -> torch.Generator:
 
 
 class LMTask:
+    """The Task (data/task.py) of next-token prediction on a prepared dataset."""
+
+    train_size = None   # a stream of windows, not a finite set
+
     def __init__(self, data_cfg, *, block_size: int, seed: int):
         meta = open_prepared(data_cfg)
         if meta is None:

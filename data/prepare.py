@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.errors import UserError
+from configs.errors import UserError, run_cli
+from trainer.outputs import write_atomic
 
 SPLITS = ("train", "val")
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -268,12 +269,6 @@ def write_tokens(path: Path, batches, encode, eot, dtype, bar) -> tuple[int, str
     return count, sha.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 def prepare(cfg, *, only_if_missing: bool = False) -> dict:
     """Write <root>/<name>/{train,val}.bin and meta.json; returns the meta."""
     folder = dataset_dir(cfg)
@@ -327,7 +322,8 @@ def _prepare(cfg, folder: Path) -> dict:
             "dtype": dtype.name, "eot_token": eot, "tokens": tokens, "sha256": sha256,
             "source": source, "val_fraction": cfg.val_fraction,
             "split_seed": cfg.split_seed if unit == "docs" else None, **extras}
-    write_json_atomic(folder / "meta.json", meta)  # last: from now on the folder is prepared
+    # last: from now on the folder is prepared
+    write_atomic(folder / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
     seconds = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     print(f"prepared {folder}: train {tokens['train']:,} / val {tokens['val']:,} tokens "
@@ -343,12 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    try:
-        prepare(to_object(load_config(argv)).data)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: prepare(to_object(load_config(argv)).data))
 
 
 if __name__ == "__main__":

@@ -4,23 +4,12 @@ into it and give the same logits. In the spirit of nanoGPT's model.py: one scree
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class GPTConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 1024       # set from train.block_size by train.py
-    vocab_size: int = 50304      # set from the dataset's vocabulary by train.py
-    dropout: float = 0.0
-    bias: bool = True            # biases in Linear and LayerNorm, as GPT-2
-    pad_vocab_to: int = 64       # vocab padded up to a multiple of this (50257 -> 50304)
+from model.config import GPTConfig
 
 
 def padded_vocab(vocab_size: int, multiple: int) -> int:
@@ -30,7 +19,6 @@ def padded_vocab(vocab_size: int, multiple: int) -> int:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head"
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # packed q, k, v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -179,14 +167,3 @@ class GPT(nn.Module):
                 raise ValueError(f"{name}: checkpoint shape {tuple(src.shape)} != {tuple(p.shape)}")
             else:
                 p.copy_(src)
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), 1)), dim=1)
-        return idx

@@ -1,5 +1,14 @@
-"""Optimizers by name: `build_optimizer(model, cfg, log)`; `available()` lists the names."""
-from optim.config import OptimizerConfig
-from optim.registry import available, build_optimizer, registry
+"""Optimizers by name: `build_optimizer(model, cfg, log)`; `available()` lists the names.
+`optim.config` (OptimizerConfig) is torch-free; the registry (optim/registry.py, which
+imports torch) is imported when first asked for."""
+import importlib
 
-__all__ = ["OptimizerConfig", "available", "build_optimizer", "registry"]
+from optim.config import OptimizerConfig
+
+__all__ = ["OptimizerConfig", "available", "build_optimizer"]
+
+
+def __getattr__(name):
+    if name in ("available", "build_optimizer"):
+        return getattr(importlib.import_module("optim.registry"), name)
+    raise AttributeError(name)

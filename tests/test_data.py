@@ -346,7 +346,7 @@ def test_killed_before_meta_json_is_not_prepared(tmp_path, small_text, monkeypat
     shuffled = tmp_path / "shuffled.txt"
     shuffled.write_text("".join(sorted(small_text.read_text())))
     cfg.source = str(shuffled)
-    monkeypatch.setattr(P, "write_json_atomic", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(P, "write_atomic", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         P.prepare(cfg)
     assert P.open_prepared(cfg) is None

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from configs.errors import UserError
+from data.config import TaskConfig
 from data.grokking import GrokkingTask, grokking_step, make_pairs, memorization_step
 
 
 def task_cfg(**kw):
+    """A TaskConfig: it checks itself (data/config.py), as the command line's config does."""
     base = dict(name="grokking", operation="division", modulus=97, train_fraction=0.5,
                 acc_threshold=0.99)
-    return SimpleNamespace(**{**base, **kw})
+    return TaskConfig(**{**base, **kw})
 
 
 def reference_answer(op, a, b, p):
@@ -192,10 +193,15 @@ def test_summary_in_steps_epochs_and_tokens():
     (dict(modulus=2, train_fraction=0.1), ["empty split"]),
 ])
 def test_bad_input_is_one_clear_line(kw, words):
+    from configs import load_config, to_object
     with pytest.raises(UserError) as exc:
         GrokkingTask(task_cfg(**kw), seed=0)
     msg = str(exc.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
+    # the same line from the command line, before any work
+    with pytest.raises(UserError) as exc:
+        to_object(load_config(["task=grokking"] + [f"task.{k}={v}" for k, v in kw.items()]))
+    assert str(exc.value) == msg
 
 
 def test_non_prime_modulus_is_fine_without_inverses():

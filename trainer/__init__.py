@@ -1,2 +1,3 @@
-"""The machinery train.py needs beside its loop: distributed set-up, lr schedule,
-checkpoints, metric logging (local files and W&B)."""
+"""The training loop's pieces beside train.py: config (train.*, wandb.*), schedule, loop (one
+step, one evaluation), checkpoint (ckpt.pt), outputs (every other file of a run, the atomic
+writer), distributed (torchrun set-up)."""

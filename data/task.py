@@ -1,0 +1,38 @@
+"""What train.py trains on: the Task protocol, and `build_task` that picks one from the config.
+
+A task serves batches and evaluates; the training loop knows nothing else about the data.
+Batches are a pure function of (seed, split, step, micro_step, rank), so a resumed run and a
+run on N ranks see exactly the batches of an uninterrupted single-process run.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+
+class Task(Protocol):
+    vocab_size: int
+    block_size: int              # tokens per sequence
+    train_size: Optional[int]    # sequences in a finite train set (grokking), None for a stream
+
+    def get_batch(self, split: str, batch_size: int, *, step: int, micro_step: int = 0,
+                  rank: int = 0):
+        """(x, y) token tensors of shape (batch, block_size)."""
+
+    def evaluate(self, model, *, batch_size: int, eval_iters: int, device,
+                 autocast: Callable) -> dict[str, float]:
+        """{"train/loss", "val/loss", ...} of the model, in eval mode, without gradients."""
+
+    def done(self, history: list[dict]) -> bool:
+        """Whether the run may end now, given its eval records so far (a solved task)."""
+
+    def summary(self, history: list[dict]) -> dict:
+        """The task's own fields of summary.json (e.g. grokking_step)."""
+
+
+def build_task(cfg) -> Task:
+    """The task of a composed run config (uses cfg.task, cfg.data, cfg.train.block_size, cfg.seed)."""
+    if cfg.task.name == "grokking":
+        from data.grokking import GrokkingTask
+        return GrokkingTask(cfg.task, seed=cfg.seed)
+    from data.lm import LMTask    # TaskConfig admits lm and grokking only
+    return LMTask(cfg.data, block_size=cfg.train.block_size, seed=cfg.seed)

@@ -1,0 +1,1 @@
+"""Learning-rate sweeps (sweep.py's machinery): config, points, runner, stats, report, W&B export."""

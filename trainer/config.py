@@ -1,0 +1,54 @@
+"""The schemas of the training loop (`train.*`) and of W&B logging (`wandb.*`). Torch-free;
+each dataclass validates itself when the config is built."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from configs.errors import UserError
+from trainer.schedule import SCHEDULES
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 2000
+    batch_size: int = 12                 # sequences per micro-step per process
+    block_size: int = 64                 # context length (the model's block_size follows it)
+    grad_accum_steps: int = 1            # micro-steps per step, summed over all processes
+    eval_interval: int = 250
+    eval_iters: int = 20                 # batches per split per evaluation
+    log_interval: int = 10
+    grad_clip: float = 1.0               # 0 disables
+    schedule: str = "cosine"             # cosine | wsd | constant
+    warmup_iters: int = 100
+    decay_frac: float = 0.2              # wsd: share of max_iters spent decaying
+    min_lr_ratio: float = 0.1            # final lr / peak lr
+    diverge_loss: float = 20.0           # a train loss above this (or non-finite) ends the run
+    ckpt_interval: int = 250             # 0: only at the end
+    zero: bool = False                   # ZeRO-1 optimizer-state sharding (torchrun)
+    eval_at_end: bool = True
+
+    def __post_init__(self):
+        for name in ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
+                     "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name}={getattr(self, name)} must be at least 1")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "matrix-optim-bench"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    mode: str = "auto"                   # auto (online if a key is set) | online | offline | disabled
+    tags: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.mode not in WANDB_MODES:
+            raise UserError(f"wandb.mode={self.mode!r} is not one of {', '.join(WANDB_MODES)}")
