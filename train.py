@@ -61,6 +61,24 @@ def peak_flops(device: str) -> float | None:
                  if device.startswith("cuda") and k in torch.cuda.get_device_name(device)), None)
 
 
+def wrap_model(model, cfg, env: DistEnv):
+    """The model the loop calls: compiled and/or under DDP; parameters stay the raw model's."""
+    if cfg.compile:
+        model = torch.compile(model)
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
+    return model
+
+
+def describe(raw_model, t, env: DistEnv, accum: int, block_size: int, tokens_per_step: int) -> str:
+    return (f"model: {raw_model.num_params() / 1e6:.2f}M parameters, "
+            f"{raw_model.flops_per_token(block_size) / 1e6:.1f} MFLOPs/token | global batch "
+            f"{t.batch_size} x {t.grad_accum_steps} accum = {t.batch_size * t.grad_accum_steps} "
+            f"sequences ({env.world_size} process(es) x {accum} micro-steps), "
+            f"{tokens_per_step} tokens/step")
+
+
 def log_eval(logger, bar, progress: Progress, metrics: dict) -> None:
     record = progress.eval_record(metrics)
     if logger:
@@ -111,19 +129,10 @@ def run(cfg_node) -> dict:
             progress.history = [r for r in truncate_metrics(out_dir, progress.step) if "val/loss" in r]
         write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg_node))
 
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if env.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[env.local_rank] if device.startswith("cuda") else None)
+    raw_model, model = model, wrap_model(model, cfg, env)
     flops_per_step = raw_model.flops_per_token(task.block_size) * progress.tokens_per_step
     peak = peak_flops(device)
-    log(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, "
-        f"{raw_model.flops_per_token(task.block_size) / 1e6:.1f} MFLOPs/token | global batch "
-        f"{t.batch_size} x {t.grad_accum_steps} accum = {t.batch_size * t.grad_accum_steps} "
-        f"sequences ({env.world_size} process(es) x {accum} micro-steps), "
-        f"{progress.tokens_per_step} tokens/step")
+    log(describe(raw_model, t, env, accum, task.block_size, progress.tokens_per_step))
     logger = RunLogger(out_dir, cfg.wandb, config, resuming) if env.is_main else None
     progress.wall0 = time.time()
 

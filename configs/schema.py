@@ -24,6 +24,7 @@ from sweeper.config import SweepConfig
 from trainer.config import TrainConfig, WandbConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 @dataclass
@@ -47,6 +48,11 @@ class RunConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise UserError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UserError(f"unknown device={self.device!r}; use auto, cpu, cuda or cuda:N")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend={self.backend!r}; use {', '.join(BACKENDS[:-1])} "
+                            f"or {BACKENDS[-1]}")
 
 
 @dataclass
