@@ -21,7 +21,8 @@ from configs import load_config, to_object
 from configs.errors import UserError, run_cli
 from trainer import checkpoint
 from trainer.distributed import DistEnv, exit_rank, setup, teardown
-from trainer.loop import Progress, evaluate, finish, forward_backward, optimizer_step, set_lr
+from trainer.loop import (Progress, evaluate, final_eval, finish, forward_backward, optimizer_step,
+                          set_lr)
 from trainer.outputs import RunLogger, Status, prepare_out_dir, truncate_metrics, write_atomic
 
 # Peak dense bf16 FLOP/s by device name, for MFU.
@@ -186,6 +187,9 @@ def run(cfg_node) -> dict:
         if progress.diverged_at is None:
             if t.eval_at_end and progress.last_eval != progress.step:
                 log_eval(logger, bar, progress, evaluate(task, raw_model, t, env, autocast))
+            progress.final_val_full = final_eval(task, raw_model, t, env, autocast)
+            if progress.final_val_full is not None:
+                bar.write(f"final val loss on the whole val split: {progress.final_val_full:.4f}")
             save_checkpoint()
         bar.close()
         status = Status.COMPLETED if progress.diverged_at is None else Status.DIVERGED

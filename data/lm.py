@@ -2,8 +2,10 @@
 
 Batches are a pure function of (seed, split, step, micro_step, rank), so a resumed run sees
 the batches it would have seen, and each DDP rank draws its own windows. Evaluation always
-uses the same eval_iters batches per split (seeded by the eval index, not the step), so the
-losses of successive evaluations, and of runs with different optimizers, are comparable.
+uses the same eval_iters batches per split (seeded by the eval index and train.eval_seed, not
+the step or the run's seed), so the losses of successive evaluations, and of runs with
+different optimizers or seeds, are comparable. `final_eval` scores the whole val split in
+non-overlapping windows: the number a comparison should rank by.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class LMTask:
 
     train_size = None   # a stream of windows, not a finite set
 
-    def __init__(self, data_cfg, *, block_size: int, seed: int):
+    def __init__(self, data_cfg, *, block_size: int, seed: int, eval_seed: int | None = None):
         meta = open_prepared(data_cfg)
         if meta is None:
             if not data_cfg.auto_prepare:
@@ -38,6 +40,7 @@ class LMTask:
         self.vocab_size = meta["vocab_size"]
         self.block_size = block_size
         self.seed = seed
+        self.eval_seed = seed if eval_seed is None else eval_seed
         self.dtype = np.dtype(meta["dtype"])
         for split in SPLITS:
             if meta["tokens"][split] <= block_size:
@@ -68,12 +71,45 @@ class LMTask:
             for split in SPLITS:
                 losses = torch.zeros(eval_iters)
                 for k in range(eval_iters):
-                    x, y = self._batch(split, batch_size, generator(self.seed, split, "eval", k))
+                    x, y = self._batch(split, batch_size, generator(self.eval_seed, split, "eval", k))
                     with autocast():
                         _, loss = model(x.to(device), y.to(device))
                     losses[k] = loss.item()
                 out[f"{split}/loss"] = losses.mean().item()
             return out
+        finally:
+            model.train(was_training)
+
+    def full_val_windows(self, max_tokens: int) -> np.ndarray:
+        """Start offsets of the non-overlapping block_size windows of the val split (each with
+        its next-token targets), evenly spaced down to max_tokens // block_size of them."""
+        n_tokens = self.meta["tokens"]["val"]
+        count = (n_tokens - 1) // self.block_size
+        keep = max(1, max_tokens // self.block_size)
+        index = np.arange(count) if count <= keep else \
+            np.unique(np.linspace(0, count - 1, keep).round().astype(np.int64))
+        return index * self.block_size
+
+    @torch.no_grad()
+    def final_eval(self, model, *, batch_size: int, device, autocast, max_tokens: int,
+                   rank: int = 0, world: int = 1) -> tuple[float, int]:
+        """(sum of the token losses, token count) of this rank's share (every world-th window)
+        of full_val_windows; the caller adds the ranks' shares."""
+        was_training = model.training
+        model.eval()
+        try:
+            data = np.memmap(self.dir / "val.bin", dtype=self.dtype, mode="r")
+            starts = self.full_val_windows(max_tokens)[rank::world]
+            total, count = 0.0, 0
+            for i in range(0, len(starts), batch_size):
+                offsets = starts[i:i + batch_size, None] + np.arange(self.block_size + 1)
+                windows = torch.from_numpy(data[offsets].astype(np.int64))
+                x, y = windows[:, :-1].to(device), windows[:, 1:].to(device)
+                with autocast():
+                    _, loss = model(x, y)
+                total += loss.item() * y.numel()
+                count += y.numel()
+            return total, count
         finally:
             model.train(was_training)
 

@@ -22,6 +22,11 @@ class Task(Protocol):
                  autocast: Callable) -> dict[str, float]:
         """{"train/loss", "val/loss", ...} of the model, in eval mode, without gradients."""
 
+    # Optional: final_eval(model, *, batch_size, device, autocast, max_tokens, rank, world) ->
+    # (sum of token losses, tokens) of this rank's share of the whole val split, for
+    # summary.json's final_val_loss_full (the language-model task; grokking's periodic
+    # evaluation already covers its whole val set).
+
     def done(self, history: list[dict]) -> bool:
         """Whether the run may end now, given its eval records so far (a solved task)."""
 
@@ -35,4 +40,5 @@ def build_task(cfg) -> Task:
         from data.grokking import GrokkingTask
         return GrokkingTask(cfg.task, seed=cfg.seed)
     from data.lm import LMTask    # TaskConfig admits lm and grokking only
-    return LMTask(cfg.data, block_size=cfg.train.block_size, seed=cfg.seed)
+    return LMTask(cfg.data, block_size=cfg.train.block_size, seed=cfg.seed,
+                  eval_seed=cfg.train.eval_seed)

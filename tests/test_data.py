@@ -211,6 +211,49 @@ def test_evaluate_is_reproducible_and_restores_mode(char_task):
     assert second["val/loss"] == pytest.approx(np.mean(expected), rel=1e-6)
 
 
+def test_eval_windows_follow_eval_seed_not_the_run_seed(char_task):
+    cfg, _ = char_task
+    seen = {}
+    for seed, eval_seed in ((1, 0), (2, 0), (1, None), (2, None)):
+        model = RecordingModel().eval()
+        LMTask(cfg, block_size=32, seed=seed, eval_seed=eval_seed).evaluate(
+            model, batch_size=3, eval_iters=2, device="cpu", autocast=nullcontext)
+        seen[seed, eval_seed] = torch.cat(model.seen)
+    assert torch.equal(seen[1, 0], seen[2, 0])            # the same text whatever the seed
+    assert not torch.equal(seen[1, None], seen[2, None])  # train.eval_seed=null: the old rule
+    # and the train batches still follow the run's seed
+    a = LMTask(cfg, block_size=32, seed=1, eval_seed=0).get_batch("train", 3, step=0)[0]
+    b = LMTask(cfg, block_size=32, seed=2, eval_seed=0).get_batch("train", 3, step=0)[0]
+    assert not torch.equal(a, b)
+
+
+def test_final_eval_is_every_val_window(char_task):
+    from model.config import GPTConfig
+    from model.gpt import GPT
+
+    cfg, task = char_task
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=task.vocab_size))
+    val = torch.from_numpy(read_bin(cfg, "val").astype(np.int64))
+    n = (len(val) - 1) // 32
+    with torch.no_grad():   # the reference: one window at a time, a sum of token losses
+        direct = sum(float(torch.nn.functional.cross_entropy(
+            model(val[i * 32:(i + 1) * 32][None])[0][0], val[i * 32 + 1:(i + 1) * 32 + 1],
+            reduction="sum")) for i in range(n))
+    total, count = task.final_eval(model, batch_size=5, device="cpu", autocast=nullcontext,
+                                   max_tokens=10**9)
+    assert count == n * 32 and total / count == pytest.approx(direct / count, rel=1e-5)
+    # two ranks' shares add up to the whole
+    shares = [task.final_eval(model, batch_size=5, device="cpu", autocast=nullcontext,
+                              max_tokens=10**9, rank=r, world=2) for r in (0, 1)]
+    assert sum(c for _, c in shares) == count
+    assert sum(t for t, _ in shares) == pytest.approx(total, rel=1e-5)
+    # a cap: evenly spaced distinct windows, first and last included
+    starts = task.full_val_windows(max_tokens=10 * 32)
+    assert len(starts) == 10 and starts[0] == 0 and starts[-1] == (n - 1) * 32
+    assert (np.diff(starts) > 0).all() and (starts % 32 == 0).all()
+
+
 def test_build_task_auto_prepares(tmp_path, small_text):
     from configs import load_config, to_object
     cfg = to_object(load_config(["data=shakespeare_char", f"data.root={tmp_path}",

@@ -41,6 +41,9 @@ def test_run_writes_outputs(tmp_path, small_text):
     assert s["status"] == "completed" and s["steps"] == 40 and s["diverged_at_step"] is None
     assert s["tokens"] == 40 * 4 * 32 and s["tokens_per_s"] > 0
     assert s["final_val_loss"] < 4.0 and s["best_val_loss"] <= s["final_val_loss"]
+    # the whole val split, scored once at the end: close to the 2-batch estimate, not equal
+    assert abs(s["final_val_loss_full"] - s["final_val_loss"]) < 0.3
+    assert s["final_val_loss_full"] != s["final_val_loss"]
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if "val/loss" in r]
     assert [r["step"] for r in evals] == [0, 20, 40]

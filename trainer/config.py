@@ -19,6 +19,14 @@ class TrainConfig:
     grad_accum_steps: int = 1            # micro-steps per step, summed over all processes
     eval_interval: int = 250
     eval_iters: int = 20                 # batches per split per evaluation
+    # Periodic evaluations draw their windows from eval_seed, the same for every run, so runs
+    # that differ in `seed` are scored on the same text; null: from the run's seed (the rule
+    # of the results committed before 2026-11-24).
+    eval_seed: Optional[int] = 0
+    # At the end of a completed run: the loss over ALL non-overlapping block_size windows of
+    # the val split (evenly spaced windows up to this many tokens on a larger split), written
+    # as summary.json's final_val_loss_full; 0 turns it off.
+    final_eval_tokens: int = 1_000_000
     log_interval: int = 10
     grad_clip: float = 1.0               # 0 disables
     schedule: str = "cosine"             # cosine | wsd | constant
@@ -35,6 +43,9 @@ class TrainConfig:
                      "eval_iters", "log_interval"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name}={getattr(self, name)} must be at least 1")
+        if self.final_eval_tokens < 0:
+            raise UserError(f"train.final_eval_tokens={self.final_eval_tokens} must be >= 0 "
+                            "(0 turns the final full-val evaluation off)")
         if self.schedule not in SCHEDULES:
             raise UserError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
 

@@ -28,6 +28,7 @@ class Progress:
     history: list = field(default_factory=list)       # the eval records
     last_eval: Optional[int] = None                   # the step last evaluated
     diverged_at: Optional[int] = None
+    final_val_full: Optional[float] = None            # final_eval's loss
     wall0: float = field(default_factory=time.time)
     train_time: float = 0.0
     timed_tokens: int = 0
@@ -58,6 +59,7 @@ class Progress:
         final = self.history[-1]["val/loss"] if self.history and status == Status.COMPLETED else None
         return RunSummary(
             status=status, final_val_loss=final,
+            final_val_loss_full=self.final_val_full if status == Status.COMPLETED else None,
             best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
             steps=self.step, tokens=self.step * self.tokens_per_step,
             wall_s=round(time.time() - self.wall0, 2),
@@ -108,6 +110,18 @@ def evaluate(task, raw_model, t, env: DistEnv, autocast) -> dict[str, float]:
                             device=env.device, autocast=autocast)
     keys = sorted(metrics)
     return dict(zip(keys, all_mean([metrics[k] for k in keys], env)))
+
+
+def final_eval(task, raw_model, t, env: DistEnv, autocast) -> Optional[float]:
+    """The mean token loss over the whole val split (train.final_eval_tokens), the windows
+    shared over the ranks; None when off or when the task has no such evaluation."""
+    if not t.final_eval_tokens or not hasattr(task, "final_eval"):
+        return None
+    total, count = task.final_eval(raw_model, batch_size=t.batch_size, device=env.device,
+                                   autocast=autocast, max_tokens=t.final_eval_tokens,
+                                   rank=env.rank, world=env.world_size)
+    total, count = all_mean([total, float(count)], env)
+    return total / count
 
 
 def finish(progress: Progress, status: str, task, raw_model, env: DistEnv,

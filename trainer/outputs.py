@@ -68,7 +68,7 @@ class Status:
 
 
 # summary.json's fields, in the order they are written (results.csv's columns follow them).
-SUMMARY_FIELDS = ("status", "final_val_loss", "best_val_loss", "steps", "tokens", "wall_s",
+SUMMARY_FIELDS = ("status", "final_val_loss", "final_val_loss_full", "best_val_loss", "steps", "tokens", "wall_s",
                   "tokens_per_s", "diverged_at_step")
 
 
@@ -77,7 +77,8 @@ class RunSummary:
     """summary.json: the fields of every run, then `extra` (the task's, e.g. grokking_step,
     and under torchrun world_size and ranks_in_sync) as top-level keys."""
     status: str
-    final_val_loss: Optional[float] = None
+    final_val_loss: Optional[float] = None          # the last periodic evaluation's val loss
+    final_val_loss_full: Optional[float] = None     # the final model on the whole val split
     best_val_loss: Optional[float] = None
     steps: int = 0
     tokens: int = 0
