@@ -1,13 +1,30 @@
-"""The `optimizer` config group's schema: one dataclass for every registry name.
+"""The `optimizer` config group's schema: one dataclass for every registry name, its checks, and
+the param-group hyperparameters the matrix chains read. Torch-free (configs/schema.py imports it).
 
 configs/optimizer/<name>.yaml sets `name` (the registry key) and that optimizer's defaults (the
 papers' GPT-2-small values); fields an optimizer does not use are ignored by its builder. A
 field left None means "the family's own default" (see optim/registry.py).
+
+Every field not in ROUTING is a hyperparameter of the matrix chains: it lands in each matrix param
+group under its own name (OptimizerConfig.hyperparameters), where the links of optim/rules.py read
+it. Adding one takes the field here (with its check in __post_init__) and the YAML(s) that set it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
+
+from configs.errors import UserError
+
+# Fields that route parameters or configure a builder, never read by a chain link.
+ROUTING = ("name", "vector_lr", "vector_weight_decay", "distributed", "split_qkv", "qkv_patterns",
+           "matrix_patterns", "vector_patterns", "target", "kwargs", "split", "foreach", "fused")
+POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
+NS_DTYPES = ("bfloat16", "float32", "float16")      # torch dtype names; "auto" picks per device
+CHOICES = {"decay_style": ("adaptive", "decoupled"),
+           "ns": ("newton_schulz", "svd"),
+           "scale": (None, "moonlight", "original", "none"),
+           "ns_dtype": ("auto", *NS_DTYPES)}
 
 
 @dataclass
@@ -27,7 +44,9 @@ class OptimizerConfig:
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
     ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd
     ns_steps: int = 5
-    ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32 | float16
+    ns_eps: float = 1e-7                 # Newton-Schulz starts from X / (||X||_F + ns_eps)
+    ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPU, fp32 on CPU)
+                                         # | bfloat16 | float32 | float16
     power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
     rank: Optional[int] = None           # muon_svd: keep the top-r singular directions
@@ -41,3 +60,42 @@ class OptimizerConfig:
     split: bool = False                  # external: matrix/vector split with AdamW backup
     foreach: Optional[bool] = None
     fused: Optional[bool] = None
+
+    def __post_init__(self):
+        """Each key's check, as one UserError line."""
+        def bad(key, want):
+            value = getattr(self, key)
+            raise UserError(f"optimizer.{key}={list(value) if key == 'betas' else value} {want}")
+        for key in ("lr", "ns_eps"):
+            if getattr(self, key) <= 0:
+                bad(key, "must be positive")
+        if self.vector_lr is not None and self.vector_lr < 0:
+            bad("vector_lr", "must be >= 0 (or null: the same as optimizer.lr)")
+        if not 0 < self.clamp_c <= 1:
+            bad("clamp_c", "must be in (0, 1]")
+        if self.power is not None and self.power not in POWERS:
+            bad("power", "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
+        if self.rank is not None and self.rank < 1:
+            bad("rank", "must be >= 1 (or null: full rank)")
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                bad(key, f"must be one of {', '.join(str(a) for a in allowed)}")
+        for key in ("momentum", "mu2"):
+            if not 0 <= getattr(self, key) < 1:
+                bad(key, "must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            bad("betas", "must be two numbers in [0, 1)")
+
+    def hyperparameters(self, **family) -> dict:
+        """{field: value} of every field not in ROUTING, for the matrix param groups. A field
+        left None takes the family's default from `family` (scale, power); lists become tuples,
+        and a configured power a float."""
+        hyper = {}
+        for f in fields(self):
+            if f.name not in ROUTING:
+                value = getattr(self, f.name)
+                hyper[f.name] = (family.get(f.name) if value is None
+                                 else tuple(value) if isinstance(value, list) else value)
+        if self.power is not None:
+            hyper["power"] = float(self.power)
+        return hyper

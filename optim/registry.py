@@ -9,7 +9,8 @@ group["lr"] every step. Names:
   adamw, torch_adam, sgd, rmsprop   torch.optim classes on all parameters, weight decay on the
                                     2-D ones only (nanoGPT's grouping). `torch_adam` is
                                     torch.optim.Adam: the name `adam` is the spectral family's.
-  muon, namo, namo_d, muon_svd      matrix chains (optim/matrix.py) + AdamW backup for vectors
+  muon, namo, namo_d, muon_svd      matrix chains (links in optim/rules.py, run by optim/matrix.py's
+                                    MatrixOptimizer) + AdamW backup for vectors
   adam adams adamq adamz            spectral family (arXiv 2602.04669): Psi_p, p = 1, 1/2, 1/4, 0,
   msgd msgds msgdq msgdz            of Adam's normalized update / of heavy-ball momentum
   shampoo, soap                     pytorch_optimizer's Shampoo / SOAP on matrices + AdamW backup
@@ -35,12 +36,12 @@ import torch.distributed as dist
 from configs.errors import UserError
 from optim.combined import CombinedOptimizer
 from optim.config import OptimizerConfig
-from optim.matrix import (DTYPES, Chain, MatrixOptimizer, adam_normalize, ema_momentum,
-                          fixed_step, heavy_ball, namo_d_step, namo_step, orthogonalize,
-                          rank_limited_polar, spectral_power)
+from optim.matrix import MatrixOptimizer
 from optim.params import (decay_groups, log_split, named_params, shape_groups, split_params,
                           summarize)
-from optim.spectral import POWERS
+from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball, namo_d_step,
+                         namo_step, orthogonalize_transform, rank_limited_transform,
+                         spectral_power_transform)
 
 Builder = Callable[[torch.nn.Module, OptimizerConfig, Callable, bool], torch.optim.Optimizer]
 registry: dict[str, Builder] = {}
@@ -52,42 +53,15 @@ def available() -> list[str]:
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, log=print,
                     zero: bool = False) -> torch.optim.Optimizer:
-    """zero: shard the optimizer state over the ranks of torch.distributed (ZeRO-1)."""
+    """zero: shard the optimizer state over the ranks of torch.distributed (ZeRO-1). cfg has
+    checked its own values (OptimizerConfig.__post_init__)."""
     if cfg.name not in registry:
         raise UserError(f"unknown optimizer.name={cfg.name!r}; "
                         f"registered: {', '.join(available())}")
-    check_config(cfg)
     if zero and not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         log("train.zero=true: one process has no optimizer state to shard; ignored")
         zero = False
     return registry[cfg.name](model, cfg, log, zero)
-
-
-def check_config(cfg: OptimizerConfig) -> None:
-    """The checks every builder shares, each a one-line UserError."""
-    def bad(key, value, want):
-        raise UserError(f"optimizer.{key}={value} {want}")
-    if cfg.lr < 0:
-        bad("lr", cfg.lr, "must be >= 0")
-    if cfg.vector_lr is not None and cfg.vector_lr < 0:
-        bad("vector_lr", cfg.vector_lr, "must be >= 0 (or null: the same as optimizer.lr)")
-    if not 0 < cfg.clamp_c <= 1:
-        bad("clamp_c", cfg.clamp_c, "must be in (0, 1]")
-    if cfg.power is not None and cfg.power not in POWERS:
-        bad("power", cfg.power, "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
-    if cfg.rank is not None and cfg.rank < 1:
-        bad("rank", cfg.rank, "must be >= 1 (or null: full rank)")
-    for key, allowed in (("decay_style", ("adaptive", "decoupled")),
-                         ("ns", ("newton_schulz", "svd")),
-                         ("scale", (None, "moonlight", "original", "none")),
-                         ("ns_dtype", ("auto", *DTYPES))):
-        if getattr(cfg, key) not in allowed:
-            bad(key, getattr(cfg, key), f"must be one of {', '.join(str(a) for a in allowed)}")
-    for key in ("momentum", "mu2"):
-        if not 0 <= getattr(cfg, key) < 1:
-            bad(key, getattr(cfg, key), "must be in [0, 1)")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        bad("betas", list(cfg.betas), "must be two numbers in [0, 1)")
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -169,22 +143,16 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
         matrix, vector = split_params(model, cfg)
         groups = [{"params": [p for _, p in ps], "matrix_shape": shape}
                   for shape, ps in shape_groups(matrix, cfg).items()]
-        if cfg.rank is not None and chain.transform is rank_limited_polar:  # muon_svd
+        if cfg.rank is not None and chain.transform is rank_limited_transform:  # muon_svd
             smallest = min((min(g["matrix_shape"]) for g in groups), default=cfg.rank)
             if cfg.rank > smallest:
                 raise UserError(f"optimizer.rank={cfg.rank} exceeds min(rows, cols)={smallest} of "
                                 f"the smallest matrix; use 1..{smallest} or null (full rank)")
         opt = None
         if groups:
-            hyper = dict(
-                lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                nesterov=cfg.nesterov, betas=tuple(cfg.betas), eps=cfg.eps, mu2=cfg.mu2,
-                clamp_c=cfg.clamp_c, decay_style=cfg.decay_style, scale=cfg.scale or scale,
-                ns=cfg.ns, ns_steps=cfg.ns_steps, ns_dtype=cfg.ns_dtype,
-                power=power if cfg.power is None else float(cfg.power),
-                coupled_steps=cfg.coupled_steps, rank=cfg.rank)
             opt = MatrixOptimizer(_with_lr(groups, cfg.lr, "matrix"), chain,
-                                  distributed=cfg.distributed, shard_state=zero, **hyper)
+                                  distributed=cfg.distributed, shard_state=zero,
+                                  **cfg.hyperparameters(scale=scale, power=power))
         stacks = ", ".join(f"{sum(p.numel() for p in g['params']) // (m * n)}x({m}, {n})"
                            for g in groups for m, n in [g["matrix_shape"]])
         shared = (f"; rows shared by {opt.world} ranks{', state too (ZeRO-1)' if zero else ''}"
@@ -195,18 +163,18 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
     return build
 
 
-#                                       precondition   transform           step size   shape scale
-registry["muon"] = _chain_builder(Chain(ema_momentum, orthogonalize, fixed_step), "moonlight")
-registry["namo"] = _chain_builder(Chain(ema_momentum, orthogonalize, namo_step), "moonlight")
-registry["namo_d"] = _chain_builder(Chain(ema_momentum, orthogonalize, namo_d_step), "moonlight")
-registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_polar, fixed_step),
+# Chain(precondition, transform, step size) and the family's shape scale (and power)
+for name, step_size in (("muon", fixed_step), ("namo", namo_step), ("namo_d", namo_d_step)):
+    registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size),
+                                    "moonlight")
+registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_transform, fixed_step),
                                       "moonlight")
 SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power
 for suffix, p in SPECTRAL_SUFFIXES.items():
-    registry["adam" + suffix] = _chain_builder(Chain(adam_normalize, spectral_power, fixed_step),
-                                               "none", p)
-    registry["msgd" + suffix] = _chain_builder(Chain(heavy_ball, spectral_power, fixed_step),
-                                               "none", p)
+    registry["adam" + suffix] = _chain_builder(
+        Chain(adam_normalize, spectral_power_transform, fixed_step), "none", p)
+    registry["msgd" + suffix] = _chain_builder(
+        Chain(heavy_ball, spectral_power_transform, fixed_step), "none", p)
 
 
 # ---- library optimizers and any class by import path ----------------------------------------

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from configs.errors import UserError
+from optim.config import POWERS          # the spectral family's p: 1, 1/2, 1/4, 0
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
-POWERS = (1, 0.5, 0.25, 0)
 
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
@@ -107,14 +107,16 @@ def _square_root_power(X: Tensor, steps: int) -> Tensor:
 
 
 def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
-                   method: str = "iterative", ns_dtype: torch.dtype = torch.bfloat16) -> Tensor:
+                   method: str = "iterative", ns_dtype: torch.dtype = torch.bfloat16,
+                   ns_eps: float = 1e-7) -> Tensor:
     """Psi_p(X) = U Σ^p Vᵀ for p in {1, 1/2, 1/4, 0}.
 
-    method="iterative": p = 0 by newton_schulz (in ns_dtype); p = 1/2 by the coupled inverse fourth root on
-    the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since Psi_p(cX) = c^p Psi_p(X), X is
-    first divided by its Frobenius norm (so the Gram neither under- nor overflows) and the
-    result scaled back. method="svd": the exact reference from the SVD; there singular values
-    below a relative 1e-7 count as zero, so p = 0 maps a zero matrix to zero, as NS does.
+    method="iterative": p = 0 by newton_schulz (in ns_dtype, with ns_eps); p = 1/2 by the
+    coupled inverse fourth root on the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since
+    Psi_p(cX) = c^p Psi_p(X), X is first divided by its Frobenius norm (so the Gram neither
+    under- nor overflows) and the result scaled back. method="svd": the exact reference from the
+    SVD; there singular values below a relative 1e-7 count as zero, so p = 0 maps a zero matrix
+    to zero, as NS does.
     """
     if p not in POWERS:
         raise UserError(f"spectral power p={p} not in the family {{1, 1/2, 1/4, 0}}: "
@@ -129,7 +131,7 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
     if method != "iterative":
         raise UserError(f"unknown spectral power method {method!r}: use 'iterative' or 'svd'")
     if p == 0:
-        return newton_schulz(X, ns_steps, dtype=ns_dtype)
+        return newton_schulz(X, ns_steps, eps=ns_eps, dtype=ns_dtype)
     Y = X.to(torch.promote_types(X.dtype, torch.float32))
     norm = Y.norm(dim=(-2, -1), keepdim=True)
     Y = Y / norm.clamp_min(1e-30)
@@ -140,10 +142,10 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
 
 
 def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
-                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7) -> Tensor:
     """Polar factor of G: approximately by Newton-Schulz, or exactly (method='svd')."""
     if method == "newton_schulz":
-        return newton_schulz(G, steps, dtype=dtype)
+        return newton_schulz(G, steps, eps=eps, dtype=dtype)
     if method == "svd":
         return polar_svd(G)
     raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "

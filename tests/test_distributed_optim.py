@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from configs.errors import UserError
 from optim import OptimizerConfig, build_optimizer
-from optim.matrix import Chain
+from optim.rules import Chain
 from trainer.distributed import exit_rank
 
 from runs import launch, train_losses, why

@@ -14,7 +14,7 @@ from configs import load_config, to_object
 from configs.errors import UserError
 from model import GPT, GPTConfig
 from optim import OptimizerConfig, build_optimizer
-from optim.matrix import shape_scale
+from optim.rules import shape_scale
 
 
 def quiet(*args, **kwargs):
@@ -82,10 +82,10 @@ def test_muon_matches_torch_muon(scale, adjust):
 def test_ns_dtype_auto_is_bf16_on_gpu_and_fp32_on_cpu():
     """auto: bfloat16 where tensor cores make it fast, float32 on CPUs (bf16 matmuls there are
     emulated, 20-30x slower); on CPU a step with auto is the float32 step, bit for bit."""
-    from optim.matrix import ns_dtype
-    assert ns_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
-    assert ns_dtype("auto", torch.device("cpu")) == torch.float32
-    assert ns_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    from optim.rules import resolve_ns_dtype
+    assert resolve_ns_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert resolve_ns_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_ns_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     assert OptimizerConfig().ns_dtype == "auto"
     finals = {}
     for name in ("muon", "adamz"):
@@ -243,11 +243,8 @@ def train_steps(model, opt, batches, start, lr_factor=lambda step: 1.0 / (1 + st
         opt.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name", ["muon", "namo", "namo_d", "adamq", "msgds", "muon_svd",
-                                  "shampoo", "soap", "adamw"])
-def test_state_dict_round_trip(name):
-    cfg = to_object(load_config([f"optimizer={name}", "optimizer.split_qkv=true"])).optimizer
-    cfg.lr = min(cfg.lr, 0.02)
+def assert_resumes_exactly(cfg, edit_saved=lambda saved: None):
+    """6 steps in one go equal 3 steps, a save (changed by edit_saved), a load and 3 more."""
     g = torch.Generator().manual_seed(6)
     batches = [(torch.randint(0, 65, (4, 32), generator=g),) * 2 for _ in range(6)]
 
@@ -262,6 +259,7 @@ def test_state_dict_round_trip(name):
     torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buf)
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
+    edit_saved(saved)
     resumed = tiny_gpt(seed=1)
     resumed.load_state_dict(saved["model"])
     opt2 = build_optimizer(resumed, cfg, log=quiet)
@@ -269,6 +267,45 @@ def test_state_dict_round_trip(name):
     train_steps(resumed, opt2, batches[3:], start=3)
     for (n, a), b in zip(model.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), n
+    return opt2
+
+
+@pytest.mark.parametrize("name", ["muon", "namo", "namo_d", "adamq", "msgds", "muon_svd",
+                                  "shampoo", "soap", "adamw"])
+def test_state_dict_round_trip(name):
+    cfg = to_object(load_config([f"optimizer={name}", "optimizer.split_qkv=true"])).optimizer
+    cfg.lr = min(cfg.lr, 0.02)
+    assert_resumes_exactly(cfg)
+
+
+@pytest.mark.parametrize("name", ["muon", "adamz"])
+def test_checkpoint_from_before_a_hyperparameter_resumes(name):
+    """A checkpoint written before a hyperparameter existed (its matrix param groups lack the
+    key, here ns_eps and coupled_steps) loads, the key takes this run's value, and the run goes
+    on as if never interrupted."""
+    cfg = OptimizerConfig(name=name, lr=0.02)
+
+    def drop_new_keys(saved):
+        for group in saved["opt"]["matrix"]["param_groups"]:
+            del group["ns_eps"], group["coupled_steps"]
+    opt = assert_resumes_exactly(cfg, drop_new_keys)
+    groups = opt.parts["matrix"].param_groups
+    assert all(g["ns_eps"] == cfg.ns_eps and g["coupled_steps"] == cfg.coupled_steps
+               for g in groups)
+
+
+def test_matrix_groups_carry_every_hyperparameter():
+    """Each config field outside optim.config.ROUTING reaches the matrix param groups by name
+    (what the links read), the family's default where the config leaves None."""
+    from dataclasses import fields
+
+    from optim.config import ROUTING
+    opt = build_optimizer(tiny_gpt(), OptimizerConfig(name="adamq", ns_eps=1e-6), log=quiet)
+    want = {f.name for f in fields(OptimizerConfig)} - set(ROUTING)
+    for g in opt.parts["matrix"].param_groups:
+        assert want <= set(g), want - set(g)
+        assert g["ns_eps"] == 1e-6 and g["power"] == 0.25 and g["scale"] == "none"
+        assert g["betas"] == (0.9, 0.95)
 
 
 # ---- 3. every registry name trains the tiny model -----------------------------------------------
@@ -307,6 +344,10 @@ def test_every_name_trains_tiny(name, small_text):
     (dict(name="namo_d", clamp_c=0.0), "clamp_c"),
     (dict(name="namo_d", clamp_c=1.5), "clamp_c"),
     (dict(name="muon", lr=-1e-3), "optimizer.lr"),
+    (dict(name="muon", lr=0.0), "optimizer.lr=0.0 must be positive"),
+    (dict(name="muon", ns_eps=0.0), "optimizer.ns_eps"),
+    (dict(name="muon", ns_dtype="float64"), "ns_dtype"),
+    (dict(name="muon", betas=[0.9]), "betas"),
     (dict(name="muon", vector_lr=-1e-3), "vector_lr"),
     (dict(name="namo", decay_style="sometimes"), "decay_style"),
     (dict(name="external", target="torch.nn.Linear"), "not a torch.optim.Optimizer"),
@@ -320,6 +361,12 @@ def test_bad_input(overrides, needle):
         build_optimizer(tiny_gpt(), OptimizerConfig(**overrides), log=quiet)
     msg = str(err.value)
     assert needle in msg and "\n" not in msg, msg
+
+
+def test_bad_override_is_one_line_when_the_config_is_built():
+    with pytest.raises(UserError) as err:
+        to_object(load_config(["optimizer.clamp_c=2"]))
+    assert str(err.value) == "optimizer.clamp_c=2.0 must be in (0, 1]"
 
 
 def test_unknown_name_lists_registry():
