@@ -1,9 +1,102 @@
-"""The schema of sweep.py: SweepConfig (configs/sweep.yaml, the presets configs/sweep/*.yaml,
-overridden by sweep.*). Torch-free."""
+"""The schema of sweep.py and what a sweep ranks by: SweepConfig (configs/sweep.yaml, the presets
+configs/sweep/*.yaml, overridden by sweep.*), its checks, its loading from the command line, and
+the Metric of each `sweep.metric` (METRICS). Torch-free: configs/schema.py imports it.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from configs.errors import UserError
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A number of the report: '-' for none or NaN (the std of a single value)."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line per run of best_curves.png: `key` of metrics.jsonl against the Metric's x key."""
+    key: str
+    fmt: Optional[str] = None            # matplotlib format string; None: a solid line
+    labelled: bool = True                # the first run's line carries the curve's legend entry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Everything that depends on what a sweep ranks by. Lower is better for every metric: the
+    best lr has the fewest bad runs, then the lowest mean. Adding a metric is adding one Metric
+    to METRICS; its report columns are picked among sweeper/report.py's COLUMNS."""
+    name: str                  # results.csv's column (a summary.json field) and W&B's metric
+    label: str                 # report.md's table header
+    axis_label: str            # lr_curves.png's y axis
+    unit: str                  # of a gap between two curves
+    digits: int                # decimals of a mean and a std
+    bad: str                   # what a run without a value did: "... runs {bad} at its best lr"
+    bad_short: str             # the same in a table cell: "(1/2 {bad_short})"
+    bad_marks: str             # what lr_curves.png's x marks
+    relative_tolerance: bool   # sweep.tolerance is a fraction of the best, not an amount
+    definition: str            # report.md's "Metric: ..." line
+    stable_when: str           # "Stable range: ... where {stable_when} within <tolerance> of the best."
+    notes: Tuple[str, ...]     # report.md's lines on its columns, with {target}, {target_source}
+    columns: Tuple[Tuple[str, str], ...]   # report.md's columns after the stable range: (kind, header)
+    has_target: bool           # tokens to a target val/loss applies
+    x_key: str                 # best_curves.png: x of metrics.jsonl's records
+    series: Tuple[Series, ...]  # best_curves.png: the lines of each run
+    x_label: str
+    y_label: str
+    x_scale: Optional[Tuple[str, Tuple[Tuple[str, Any], ...]]] = None   # (scale, its options)
+
+    def format(self, mean: float, std: float) -> str:
+        return f"{mean:.{self.digits}f} ± {fmt(std, self.digits)}"
+
+    def limit(self, best: float, tolerance: float) -> float:
+        """The largest mean within tolerance of the best."""
+        return best * (1 + tolerance) if self.relative_tolerance else best + tolerance
+
+    def intro_lines(self, tolerance: float, target: Optional[float], target_given: bool) -> list:
+        """report.md's lines above the table."""
+        amount = f"{tolerance:.0%}" if self.relative_tolerance else f"{tolerance:g}"
+        stable = (f"Stable range: the contiguous lrs around the best where {self.stable_when} "
+                  f"within {amount} of the best.")
+        return [self.definition, stable] + [
+            line.format(target=fmt(target), target_source="(sweep.target_loss)" if target_given
+                        else "(the worst optimizer's best final loss)") for line in self.notes]
+
+
+METRICS: Dict[str, Metric] = {m.name: m for m in (
+    Metric(
+        name="final_val_loss", label="final val loss", axis_label="final validation loss",
+        unit="nats", digits=4, bad="diverged", bad_short="diverged", bad_marks="diverged",
+        relative_tolerance=False,
+        definition="Metric: the final validation loss at the end of training (after the lr "
+                   "decay), mean ± std over seeds (n). A learning rate where some seed diverged "
+                   "ranks behind one where none did.",
+        stable_when="no seed diverged and the mean is",
+        notes=("One grid step off: the mean loss at the next lower / higher lr of the grid minus "
+               "the best (the lr ratio in brackets), the cost of missing the best lr.",
+               "Tokens to target: the first evaluation with val/loss <= {target} {target_source}, "
+               "at each optimizer's best lr, mean over the seeds that reached it."),
+        columns=(("neighbours", "one grid step off"), ("to_target", "tokens to {target}")),
+        has_target=True,
+        x_key="tokens", series=(Series("val/loss"),), x_label="tokens", y_label="validation loss"),
+    Metric(
+        name="grokking_step", label="grokking step", axis_label="grokking step", unit="steps",
+        digits=0, bad="did not grok", bad_short="no grok", bad_marks="did not grok / diverged",
+        relative_tolerance=True,
+        definition="Metric: the step at which validation accuracy reached the threshold "
+                   "(grokking_step), mean ± std over the seeds that grokked (n). A learning rate "
+                   "where some run diverged or did not grok ranks behind one where all grokked.",
+        stable_when="every run grokked with a mean grokking step", notes=(),
+        columns=(("reached_at_best", "grokked at best lr"), ("reached_all", "grokked, all lrs")),
+        has_target=False,
+        x_key="step", series=(Series("val/acc"), Series("train/acc", ":", labelled=False)),
+        x_label="step", y_label="accuracy (val solid, train dotted)",
+        x_scale=("symlog", (("linthresh", 100),))),
+)}
 
 
 @dataclass
@@ -23,3 +116,87 @@ class SweepConfig:
     tolerance: float = 0.05              # stable range: within this of the best (relative for grokking_step)
     metric: str = "final_val_loss"       # final_val_loss | grokking_step
 
+    def __post_init__(self):
+        """The checks that need nothing but the config (lr_grids() does the others)."""
+        if not self.optimizers:
+            from configs import config_groups
+
+            known = config_groups().get("optimizer", [])
+            raise UserError(f"sweep.optimizers is empty; give some of: {', '.join(known)}")
+        for key, lrs in [("sweep.lrs", self.lrs)] + [(f"sweep.lr_grid.{opt}", lrs)
+                                                     for opt, lrs in self.lr_grid.items()]:
+            bad = [lr for lr in dict.fromkeys(lrs) if not (lr > 0 and math.isfinite(lr))]
+            if bad:
+                raise UserError(f"{key} holds non-positive learning rate(s) {bad}; every lr must be > 0")
+        if not self.seeds:
+            raise UserError("sweep.seeds is empty; give e.g. sweep.seeds=[0]")
+        empty = [k for k, v in self.grid.items() if not v]
+        if empty:
+            raise UserError(f"sweep.grid.{empty[0]} has no values; give a list or drop the axis")
+        for name in ("jobs", "nproc_per_run"):
+            if getattr(self, name) < 1:
+                raise UserError(f"sweep.{name}={getattr(self, name)} must be at least 1")
+        if self.metric not in METRICS:
+            raise UserError(f"sweep.metric={self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.tolerance < 0:
+            raise UserError(f"sweep.tolerance={self.tolerance} must be >= 0")
+
+    @property
+    def path(self) -> Path:
+        """sweep.dir, absolute."""
+        return Path(self.dir if self.dir else f"sweeps/{self.name}").expanduser().resolve()
+
+
+def lr_grids(cfg: SweepConfig) -> Dict[str, List[float]]:
+    """Each optimizer's lr grid, ascending, once the command line is applied (see load_sweep);
+    refuses unknown optimizers and an optimizer without lrs."""
+    from configs import config_groups
+
+    known = config_groups().get("optimizer", [])
+    unknown = [o for o in cfg.optimizers if o not in known]
+    if unknown:
+        raise UserError(f"unknown optimizer(s) {', '.join(unknown)} in sweep.optimizers; "
+                        f"known: {', '.join(known)}")
+    stray = [o for o in cfg.lr_grid if o not in known]
+    if stray:
+        raise UserError(f"sweep.lr_grid has unknown optimizer(s) {', '.join(stray)}; "
+                        f"known: {', '.join(known)}")
+    grids = {}
+    for opt in dict.fromkeys(cfg.optimizers):
+        key = f"sweep.lr_grid.{opt}" if opt in cfg.lr_grid else "sweep.lrs"
+        lrs = list(dict.fromkeys(cfg.lr_grid.get(opt, cfg.lrs)))
+        if not lrs:
+            raise UserError(f"no learning rates for {opt}: {key} is empty; give e.g. "
+                            "sweep.lrs=[1e-3,3e-3]")
+        grids[opt] = sorted(lrs)
+    return grids
+
+
+def load_sweep(sweep_args: List[str]):
+    """The SweepConfig of `sweep=<preset> sweep.<key>=...` (lrs on the command line clears
+    lr_grid), and the keys given on the command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from configs import load_config, to_object
+    from sweeper.points import override_key
+
+    # Hydra merges a dict given on the command line into the preset's and refuses new keys
+    # without `++`; the sweep's dicts (sweep.grid={...}, sweep.lr_grid={...}) replace instead.
+    args = []
+    for arg in sweep_args:
+        key = override_key(arg)
+        if key in ("sweep.grid", "sweep.lr_grid") or key.startswith("sweep.lr_grid."):
+            arg = "++" + arg.lstrip("+")
+        args.append(arg)
+    cfg = to_object(load_config(args, config_name="sweep")).sweep
+    for arg in args:
+        key = override_key(arg)
+        if key in ("sweep.grid", "sweep.lr_grid"):  # composed fine, so it parses
+            given = OverridesParser.create().parse_overrides([arg])[0].value()
+            name = key.split(".")[1]
+            setattr(cfg, name, {k: v for k, v in getattr(cfg, name).items() if k in given})
+    cli_keys = {override_key(a).split(".", 1)[1].split(".")[0] for a in sweep_args
+                if override_key(a).startswith("sweep.")}
+    if "lrs" in cli_keys:
+        cfg.lr_grid = {}
+    return cfg, cli_keys

@@ -19,6 +19,10 @@ import pytest
 import yaml
 
 import sweep
+from sweeper import runner
+from sweeper.config import load_sweep, lr_grids
+from sweeper.points import (Point, canonical, make_points, make_run_id, plan, run_args, split_args,
+                            validate_points)
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = min(2, len(os.sched_getaffinity(0)))
@@ -50,11 +54,13 @@ def run_main(args: list[str], capsys) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------
 # Points and run ids
 
-def points_of(args: list[str]) -> list[sweep.Point]:
-    sweep_args, train_args = sweep.split_args(args)
-    cfg, _ = sweep.load_sweep(sweep_args)
-    grids = sweep.check_sweep(cfg)
-    return sweep.make_points(cfg, grids, sweep.canonical(list(cfg.overrides) + train_args))
+def points_of(args: list[str], drop: tuple = ()) -> list[Point]:
+    """The points of `python sweep.py <args>`, without the preset's overrides in `drop`."""
+    sweep_args, train_args = split_args(args)
+    cfg, _ = load_sweep(sweep_args)
+    cfg.overrides = [o for o in cfg.overrides if o not in drop]
+    grids = lr_grids(cfg)
+    return make_points(cfg, grids, canonical(list(cfg.overrides) + train_args))
 
 
 def test_run_ids_stable_and_distinct():
@@ -87,12 +93,28 @@ def test_cli_lrs_replace_preset_grids_and_grid_axes():
     assert "optimizer.clamp_c=0.4" in next(p for p in pts if p.grid["optimizer.clamp_c"] == 0.4).overrides
 
 
+# The committed results (docs/results/<study>/results.csv) and the commands of their READMEs:
+# the same points must keep their run ids, or a sweep started before would not resume after.
+# cpu_ordering's runs predate the preset's `model.bias=true model.pad_vocab_to=64` (the same
+# model, spelled out when baby.yaml changed), which are part of every run's id.
+@pytest.mark.parametrize("study,args,drop", [
+    ("cpu_ordering", ["sweep=cpu_ordering", "sweep.seeds=[0,1]",
+                      "data.source=../shared/data/tinyshakespeare.txt"],
+     ("model.bias=true", "model.pad_vocab_to=64")),
+    ("grokking/grok_optimizers", ["sweep=grok_optimizers"], ()),
+    ("grokking/grok_rank", ["sweep=grok_rank", "sweep.seeds=[0,1]"], ()),
+])
+def test_committed_run_ids(study, args, drop):
+    committed = {r["run_id"] for r in results(REPO / "docs" / "results" / study)}
+    assert {p.run_id for p in points_of(args, drop)} == committed
+
+
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "configs" / "sweep").glob("*.yaml")))
 def test_presets_compose(preset, tmp_path):
     pts = points_of([f"sweep={preset}"])
     assert pts and len({p.run_id for p in pts}) == len(pts)
     # One run's full train.py config composes (setup keys, data and model choices exist).
-    cfg = sweep.validate_points(pts[:1], [], tmp_path)
+    cfg = validate_points(pts[:1], [], tmp_path)
     assert cfg.optimizer.name == pts[0].optimizer
 
 
@@ -189,7 +211,7 @@ def test_crashed_run_is_a_result(tmp_path, small_text, monkeypatch):
                     "import json, pathlib\nout = pathlib.Path(args['out_dir'])\n"
                     "(out / 'summary.json').write_text(json.dumps({'status': 'completed', "
                     "'final_val_loss': 1.5, 'best_val_loss': 1.5, 'steps': 1, 'tokens': 1}))\n")
-    monkeypatch.setattr(sweep, "TRAIN_SCRIPT", fake)
+    monkeypatch.setattr(runner, "TRAIN_SCRIPT", fake)
     d = tmp_path / "sw"
     assert sweep.main(tiny_args(tmp_path, small_text, "sweep.lrs=[1e-3,5.0]",
                                 "sweep.optimizers=[adamw]")) == 0
@@ -206,7 +228,7 @@ def test_crashed_run_is_a_result(tmp_path, small_text, monkeypatch):
 def fake_run(d: Path, optimizer: str, lr: float, seed: int, summary: dict, evals: list[dict],
              grid: dict | None = None) -> None:
     grid = grid or {}
-    rid = sweep.make_run_id(optimizer, lr, seed, grid, [f"seed={seed}", f"optimizer.lr={lr}"])
+    rid = make_run_id(optimizer, lr, seed, grid, [f"seed={seed}", f"optimizer.lr={lr}"])
     run_dir = d / "runs" / rid
     run_dir.mkdir(parents=True)
     (run_dir / "point.json").write_text(json.dumps(
@@ -357,10 +379,11 @@ def test_wandb_group_and_name_only_when_enabled(tmp_path):
     base = ["sweep=cpu_ordering", "sweep.name=grp", "sweep.optimizers=[adamw]", "sweep.lrs=[1e-3]",
             f"sweep.dir={tmp_path}"]
     for enabled in (False, True):
-        sweep_args, train_args = sweep.split_args(base + [f"wandb.enabled={str(enabled).lower()}"])
-        cfg, _, _, _, points, launch, wandb = sweep.plan(sweep_args, train_args)
-        args = sweep.run_args(points[0], tmp_path / points[0].run_id, launch, 1, wandb)
-        assert wandb is enabled
+        sweep_args, train_args = split_args(base + [f"wandb.enabled={str(enabled).lower()}"])
+        p = plan(sweep_args, train_args)
+        points = p.points
+        args = run_args(points[0], tmp_path / points[0].run_id, p.launch, 1, p.wandb)
+        assert p.wandb is enabled
         assert ("wandb.group=grp" in args) is enabled
         assert (f"wandb.name={points[0].run_id}" in args) is enabled
         assert f"out_dir={tmp_path / points[0].run_id}" in args and "resume=true" in args

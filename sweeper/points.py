@@ -1,0 +1,183 @@
+"""The points of a sweep: sweep.py's arguments split into sweep.* and train.py overrides, each
+point (optimizer, lr, grid values, seed) with its canonical overrides and its run id, the
+checks of every run's config before anything starts, and each run's train.py arguments.
+
+A run id is a readable prefix and a hash of the run's canonical overrides: the same point always
+gets the same id, so a re-run finds its runs (never change how it is computed).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+from configs.errors import UserError
+from sweeper.config import SweepConfig, load_sweep, lr_grids
+
+# Keys that change how a run is launched or logged, not what it computes: left out of the run
+# id and of the sweep's identity, so that e.g. turning W&B on does not start the sweep over.
+LAUNCH_KEYS = ("out_dir", "resume", "overwrite", "threads")
+SET_BY_SWEEP = ("out_dir", "resume", "overwrite")
+SWEPT = {"optimizer": "sweep.optimizers=[...]", "optimizer.lr": "sweep.lrs=[...]",
+         "seed": "sweep.seeds=[...]"}
+
+
+def override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def is_launch_key(key: str) -> bool:
+    return key in LAUNCH_KEYS or key == "wandb" or key.startswith("wandb.")
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(sweep args, train.py overrides)."""
+    sweep_args, train_args = [], []
+    for arg in argv:
+        if "=" not in arg:
+            raise UserError(f"argument {arg!r} is not key=value; see `python sweep.py --help`")
+        key = override_key(arg)
+        (sweep_args if key == "sweep" or key.startswith("sweep.") else train_args).append(arg)
+    for arg in train_args:
+        key = override_key(arg)
+        if key in SET_BY_SWEEP:
+            raise UserError(f"{key} is set by sweep.py for each run (out_dir "
+                            "<sweep.dir>/runs/<run id>, resume=true); drop it, use sweep.dir=")
+        if key in SWEPT:
+            raise UserError(f"{key} is what the sweep varies: give {SWEPT[key]} instead of {arg}")
+    return sweep_args, train_args
+
+
+def canonical(overrides: list[str]) -> list[str]:
+    """The overrides that decide a run's result: one per key (the last wins), sorted."""
+    last = {}
+    for arg in overrides:
+        if "=" not in arg:
+            raise UserError(f"override {arg!r} is not key=value")
+        if not is_launch_key(override_key(arg)):
+            last[override_key(arg)] = arg.strip()
+    return sorted(last.values())
+
+
+def hydra_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(hydra_value(x) for x in v) + "]"
+    return str(v)
+
+
+def short_float(x: float) -> str:
+    import numpy as np
+    return np.format_float_scientific(x, trim="-", exp_digits=2)  # 1.3e-03, 1e+03
+
+
+@dataclass
+class Point:
+    optimizer: str
+    lr: float
+    seed: int
+    grid: dict           # {override key: value} of the extra axes
+    overrides: list      # the setup's and this point's train.py overrides, canonical
+    run_id: str
+
+    @property
+    def curve(self) -> str:
+        return curve_label(self.optimizer, self.grid)
+
+
+def curve_label(optimizer: str, grid: dict) -> str:
+    return " ".join([optimizer] + [f"{k.rsplit('.', 1)[-1]}={hydra_value(v)}"
+                                   for k, v in sorted(grid.items())])
+
+
+def make_run_id(optimizer: str, lr: float, seed: int, grid: dict, overrides: list[str]) -> str:
+    digest = hashlib.sha1("\n".join(canonical(overrides)).encode()).hexdigest()[:8]
+    axes = "".join(f"_{k.rsplit('.', 1)[-1]}{hydra_value(v)}" for k, v in sorted(grid.items()))
+    readable = "".join(c if c.isalnum() or c in ".+-_" else "-"
+                       for c in f"{optimizer}_lr{short_float(lr)}{axes}_s{seed}")
+    return f"{readable}_{digest}"
+
+
+def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:
+    """Seed-major order, so a sweep interrupted early has whole curves for its first seeds."""
+    axes = sorted(cfg.grid)
+    points = []
+    for seed in cfg.seeds:
+        for opt, lrs in grids.items():
+            for values in itertools.product(*(cfg.grid[k] for k in axes)):
+                grid = dict(zip(axes, values))
+                for lr in lrs:
+                    own = [f"optimizer={opt}", f"optimizer.lr={hydra_value(float(lr))}",
+                           f"seed={seed}"] + [f"{k}={hydra_value(v)}" for k, v in grid.items()]
+                    overrides = canonical(setup + own)
+                    points.append(Point(opt, float(lr), int(seed), grid, overrides,
+                                        make_run_id(opt, float(lr), seed, grid, overrides)))
+    return points
+
+
+def validate_points(points: list[Point], launch: list[str], runs_dir: Path):
+    """Compose the runs' configs before anything starts; returns the first one's config.
+    One run per optimizer and grid value stands for all: the others differ only in the lr and
+    the seed, numbers written here (SweepConfig checked the lrs)."""
+    from configs import load_config, to_object
+
+    first, seen = None, set()
+    for p in points:
+        kind = (p.optimizer, tuple(sorted((k, hydra_value(v)) for k, v in p.grid.items())))
+        if kind in seen:
+            continue
+        seen.add(kind)
+        try:
+            cfg = load_config(p.overrides + launch + [f"out_dir={runs_dir / p.run_id}", "resume=true"])
+            to_object(cfg)
+        except UserError as exc:
+            raise UserError(f"{exc} (in run {p.run_id})") from None
+        first = first if first is not None else cfg
+    return first
+
+
+def launch_overrides(cfg: SweepConfig, train_args: list[str], wandb_enabled: bool) -> list[str]:
+    """The overrides of how runs are launched and logged, the same for every run: the user's
+    threads and wandb.*, and, with W&B on, the sweep's name as the W&B group."""
+    launch = [a for a in list(cfg.overrides) + train_args if is_launch_key(override_key(a))]
+    if wandb_enabled and "wandb.group" not in {override_key(a) for a in launch}:
+        launch.append(f"wandb.group={cfg.name}")
+    return launch
+
+
+def run_args(p: Point, run_dir: Path, launch: list[str], threads: int, wandb: bool) -> list[str]:
+    keys = {override_key(a) for a in launch}
+    args = p.overrides + launch + [f"out_dir={run_dir}", "resume=true"]
+    if "threads" not in keys:
+        args.append(f"threads={threads}")
+    if wandb and "wandb.name" not in keys:
+        args.append(f"wandb.name={p.run_id}")
+    return args
+
+
+@dataclass
+class Plan:
+    """A sweep as the command line gives it, every input checked."""
+    cfg: SweepConfig
+    cli_keys: set            # the sweep.<key>s given on the command line
+    grids: Dict[str, List[float]]   # each optimizer's lrs
+    setup: list              # the train.py overrides of every run, canonical (the sweep's identity)
+    points: List[Point]
+    launch: list             # how runs are launched and logged (launch_overrides)
+    wandb: bool              # runs log to W&B
+
+
+def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
+    """Config, lr grids, setup overrides, points and launch overrides, all checked."""
+    cfg, cli_keys = load_sweep(sweep_args)
+    grids = lr_grids(cfg)
+    setup = canonical(list(cfg.overrides) + train_args)
+    points = make_points(cfg, grids, setup)
+    launch = launch_overrides(cfg, train_args, wandb_enabled=False)
+    wandb = bool(validate_points(points, launch, cfg.path / "runs").wandb.enabled)
+    return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb)

@@ -1,0 +1,318 @@
+"""Running a sweep and reading back its runs: the sweep directory (sweep.json, its identity),
+the lock of each run (RunLock), launching and stopping train.py processes, the scheduler
+(run_points: sweep.jobs at a time, each on its GPUs or its share of the CPU cores, resumable,
+stopped cleanly by Ctrl-C or SIGTERM), and collect: one row per run for results.csv and the report.
+
+    <sweep.dir>/sweep.json               name, setup, sweep config, command (identity)
+    <sweep.dir>/runs/<run id>/           the run's out_dir (trainer/outputs.py), and:
+        point.json   the Point   exit.json   how its process ended   train.log   its output
+        sweep.lock   flock held while the launcher or the run lives
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from configs.errors import UserError
+from sweeper.points import Plan, Point, curve_label, run_args
+from trainer.outputs import SUMMARY_FIELDS, Status, read_json, write_json
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep directory
+
+def check_identity(d: Path, name: str, setup: list[str]) -> None:
+    """Refuse a sweep.dir that holds another sweep's results (or anything but a sweep)."""
+    stored = read_json(d / "sweep.json")
+    if stored is not None:
+        if (stored.get("name"), stored.get("setup")) != (name, setup):
+            raise UserError(
+                f"sweep.dir={d} holds the results of another sweep ({stored.get('name')}: "
+                f"{' '.join(stored.get('setup') or []) or 'no overrides'}); pass "
+                f"sweep.dir=<new path> for this one ({name}: {' '.join(setup) or 'no overrides'})")
+    elif d.exists() and any(d.iterdir()):
+        raise UserError(f"sweep.dir={d} is not empty and holds no sweep.json (not a sweep's "
+                        "directory); pass sweep.dir=<new path>")
+
+
+def record_sweep(plan: Plan, argv: list[str]) -> None:
+    """Create sweep.dir/runs and write sweep.json."""
+    d = plan.cfg.path
+    (d / "runs").mkdir(parents=True, exist_ok=True)
+    write_json(d / "sweep.json", {
+        "name": plan.cfg.name, "setup": plan.setup, "sweep": dataclasses.asdict(plan.cfg),
+        "command": ["python", "sweep.py", *argv], "updated": time.strftime("%Y-%m-%d %H:%M:%S")},
+        indent=1)
+
+
+class RunLock:
+    """flock on <run dir>/sweep.lock. The run's process inherits the locked descriptor, so the
+    lock is held while the launcher OR the run lives: a run left behind by a SIGKILLed launcher
+    keeps it, and a re-run waits for that run instead of starting the point again."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "sweep.lock"
+        self.fd = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def note(self, info: dict) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(info).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def held_elsewhere(self) -> dict | None:
+        """The holder's note when another process holds the lock, else None."""
+        if not self.path.exists():
+            return None
+        if self.acquire():
+            self.release()
+            return None
+        return read_json(self.path) or {}
+
+
+def finished(run_dir: Path) -> bool:
+    """Completed or diverged: a result to keep. Failed runs are retried by a re-run."""
+    summary = read_json(run_dir / "summary.json")
+    return summary is not None and summary.get("status") in Status.RESULTS
+
+
+def log_error(path: Path) -> str:
+    """The error of a failed run from the end of its train.log: the last exception line of a
+    traceback, else the last two lines."""
+    try:
+        text = path.read_text(errors="replace")[-20_000:]
+    except FileNotFoundError:
+        return ""
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-30:]
+    errors = [ln for ln in lines if ln.startswith("error: ") or
+              ln.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt"))]
+    return (errors[-1] if errors else " | ".join(lines[-2:]))[:500]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+def resources(cfg) -> tuple[list[str], int]:
+    """(GPU ids to hand out, CPU threads per process); refuses more at once than there is."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    at_once = cfg.jobs * cfg.nproc_per_run
+    gpus = []
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = (visible.split(",") if visible else
+                [str(i) for i in range(torch.cuda.device_count())])[:torch.cuda.device_count()]
+        if at_once > len(gpus):
+            raise UserError(f"sweep.jobs={cfg.jobs} x sweep.nproc_per_run={cfg.nproc_per_run} "
+                            f"needs {at_once} GPUs at once, {len(gpus)} visible; lower sweep.jobs")
+    elif at_once > cores:
+        raise UserError(f"sweep.jobs={cfg.jobs} x sweep.nproc_per_run={cfg.nproc_per_run} is "
+                        f"{at_once} processes at once on {cores} CPU cores; lower sweep.jobs")
+    return gpus, max(1, cores // cfg.jobs // cfg.nproc_per_run)
+
+
+@dataclass
+class Launched:
+    point: Point
+    proc: subprocess.Popen
+    lock: RunLock
+    gpus: list
+    log: io.IOBase
+
+
+def default_sigint() -> None:
+    """A launcher started in the background (`nohup ... &`) ignores SIGINT, and children inherit
+    that; restore it so that the SIGINT of stop_runs lets a run stop cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: list[str],
+              threads: int, nproc: int) -> Launched:
+    summary = read_json(run_dir / "summary.json")
+    if summary is not None:  # a failed attempt's summary: this attempt will write its own
+        (run_dir / "summary.json").unlink()
+    (run_dir / "exit.json").unlink(missing_ok=True)
+    write_json(run_dir / "point.json", dataclasses.asdict(p), indent=1)
+    cmd = [sys.executable, str(TRAIN_SCRIPT)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", str(TRAIN_SCRIPT)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    log = open(run_dir / "train.log", "a")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} sweep.py launches: "
+              f"{' '.join(cmd + args)}\n")
+    log.flush()
+    # Own session: Ctrl-C reaches the launcher only, which stops the runs itself (see stop_runs).
+    proc = subprocess.Popen(cmd + args, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, pass_fds=(lock.fd,),
+                            start_new_session=True, preexec_fn=default_sigint)
+    lock.note({"launcher_pid": os.getpid(), "pid": proc.pid, "gpus": gpus, "started": time.time()})
+    return Launched(p, proc, lock, gpus, log)
+
+
+def end_run(run: Launched, run_dir: Path) -> str:
+    """Record how a run's process ended; returns its status."""
+    run.log.close()
+    rc = run.proc.returncode
+    summary = read_json(run_dir / "summary.json") or {}
+    status = summary.get("status") if summary.get("status") in Status.RESULTS else Status.FAILED
+    error = None
+    if status == Status.FAILED:
+        why = f"exit code {rc}" if rc >= 0 else f"killed by signal {-rc}"
+        error = f"{why}: {log_error(run_dir / 'train.log') or summary.get('error') or 'no output'}"
+    write_json(run_dir / "exit.json", {"returncode": rc, "status": status, "error": error,
+                                       "ended": time.time()}, indent=None)
+    run.lock.release()
+    return status
+
+
+def stop_runs(running: dict[str, Launched], grace_s: float = 20.0) -> None:
+    """Ctrl-C: SIGINT to each run's process group (torchrun passes it on), SIGKILL after
+    grace_s. A stopped run has no summary.json: the next invocation resumes it."""
+    for run in running.values():
+        with suppress(ProcessLookupError):
+            os.killpg(run.proc.pid, signal.SIGINT)
+    deadline = time.time() + grace_s
+    for run in running.values():
+        try:
+            run.proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait()
+        run.log.close()
+        run.lock.release()
+
+
+def run_points(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], None]) -> bool:
+    """Runs every unfinished point, sweep.jobs at a time; `on_end()` after each run ends.
+    Returns False when interrupted."""
+    from tqdm.auto import tqdm
+
+    cfg, points = plan.cfg, plan.points
+    runs_dir = cfg.path / "runs"
+    todo = [p for p in points if not finished(runs_dir / p.run_id)]
+    running: dict[str, Launched] = {}
+    bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=cfg.name, unit="run",
+               dynamic_ncols=True, smoothing=0.1)
+    counts = {status: 0 for status in (*Status.RESULTS, Status.FAILED)}
+    try:
+        while todo or running:
+            for rid, run in list(running.items()):
+                if run.proc.poll() is not None:
+                    status = end_run(run, runs_dir / rid)
+                    counts[status] += 1
+                    del running[rid]
+                    bar.update(1)
+                    if status != Status.COMPLETED:
+                        bar.write(f"{rid}: {status}")
+                    on_end()
+            # Runs of an earlier launcher that still live take their slot and their GPUs.
+            elsewhere = {p.run_id: h for p in todo
+                         if (h := RunLock(runs_dir / p.run_id).held_elsewhere()) is not None}
+            busy = {g for h in elsewhere.values() for g in h.get("gpus") or []}
+            free = [g for g in gpus if g not in busy and
+                    not any(g in r.gpus for r in running.values())]
+            slots = cfg.jobs - len(running) - len(elsewhere)
+            for p in [p for p in todo if p.run_id not in elsewhere]:
+                if slots <= 0 or (gpus and len(free) < cfg.nproc_per_run):
+                    break
+                run_dir = runs_dir / p.run_id
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir)
+                if not lock.acquire():
+                    continue
+                todo.remove(p)
+                if finished(run_dir):  # an earlier launcher's run ended since we looked
+                    lock.release()
+                    bar.update(1)
+                    continue
+                take = free[:cfg.nproc_per_run] if gpus else []
+                free = free[len(take):]
+                running[p.run_id] = start_run(p, run_dir, lock,
+                                              run_args(p, run_dir, plan.launch, threads, plan.wandb),
+                                              take, threads, cfg.nproc_per_run)
+                slots -= 1
+            bar.set_postfix_str(f"running {len(running)}"
+                                + (f" (+{len(elsewhere)} of an earlier launcher)" if elsewhere else "")
+                                + f", left {len(todo) - len(elsewhere)}", refresh=False)
+            bar.refresh()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        bar.write(f"interrupted: stopping {len(running)} run(s); "
+                  "re-run the same command to resume them")
+        stop_runs(running)
+        bar.close()
+        return False
+    bar.close()
+    print(f"{cfg.name}: this invocation ran {sum(counts.values())} run(s): "
+          + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+def run_status(run_dir: Path, summary: dict) -> tuple[str, str | None]:
+    """(status, error) of a run from its summary.json, exit.json, train.log and lock."""
+    status = summary.get("status")
+    if status in Status.RESULTS:
+        return status, None
+    ended = read_json(run_dir / "exit.json") or {}
+    if status == Status.FAILED or ended.get("status") == Status.FAILED:
+        return Status.FAILED, (ended.get("error") or summary.get("error")
+                               or log_error(run_dir / "train.log"))
+    held = RunLock(run_dir).held_elsewhere() is not None
+    return (Status.RUNNING if held else Status.UNFINISHED), None
+
+
+def collect(d: Path) -> list[dict]:
+    """One row per run directory holding a point.json (every run this sweep.dir has seen):
+    the point, summary.json's fields (and the task's, e.g. grokking_step), status and error;
+    `_dir` and `_axes` (the grid keys) are for the report, not results.csv."""
+    rows = []
+    for point_file in sorted((d / "runs").glob("*/point.json")):
+        run_dir = point_file.parent
+        point = read_json(point_file)
+        if point is None:
+            continue
+        summary = read_json(run_dir / "summary.json") or {}
+        status, error = run_status(run_dir, summary)
+        row = {"run_id": point["run_id"], "curve": curve_label(point["optimizer"], point["grid"]),
+               "optimizer": point["optimizer"], "lr": point["lr"], "seed": point["seed"],
+               **point["grid"]}
+        row.update({k: summary.get(k) for k in SUMMARY_FIELDS[1:]}, status=status)
+        row.update({k: v for k, v in summary.items() if k not in row and k != "error"
+                    and not isinstance(v, (dict, list))})
+        row.update(error=error, _dir=run_dir, _axes=list(point["grid"]))
+        rows.append(row)
+    return rows
