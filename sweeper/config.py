@@ -115,6 +115,14 @@ class SweepConfig:
     target_loss: Optional[float] = None  # tokens-to-target; None = the worst optimizer's best loss
     tolerance: float = 0.05              # stable range: within this of the best (relative for grokking_step)
     metric: str = "final_val_loss"       # final_val_loss | grokking_step
+    # Held-out seeds (stage 2): each curve's stage-1 best lr x these seeds (disjoint from
+    # `seeds`); the verdicts and speedups use them only. Empty: one stage, scored on `seeds`.
+    confirm_seeds: List[int] = field(default_factory=list)
+    confirm_neighbours: bool = False     # stage 2 also at the grid neighbours of the best lr
+    max_extend: int = 3                  # grid extensions per curve while its best lr is at an end
+    baseline: Optional[str] = None       # speedups relative to this optimizer; None: adamw if swept
+    baseline_budgets: List[float] = field(default_factory=list)  # the baseline also at these x max_iters
+    resolve: Optional[float] = None      # report the seeds that would resolve this difference; None: the metric's
 
     def __post_init__(self):
         """The checks that need nothing but the config (lr_grids() does the others)."""
@@ -140,6 +148,19 @@ class SweepConfig:
             raise UserError(f"sweep.metric={self.metric!r} is not one of {', '.join(METRICS)}")
         if self.tolerance < 0:
             raise UserError(f"sweep.tolerance={self.tolerance} must be >= 0")
+        shared = sorted(set(self.seeds) & set(self.confirm_seeds))
+        if shared:
+            raise UserError(f"sweep.confirm_seeds shares seed(s) {shared} with sweep.seeds; held-out "
+                            "seeds must be fresh: pick others")
+        if self.max_extend < 0:
+            raise UserError(f"sweep.max_extend={self.max_extend} must be >= 0 (0: never extend)")
+        if self.baseline is not None and self.baseline not in self.optimizers:
+            raise UserError(f"sweep.baseline={self.baseline} is not in sweep.optimizers "
+                            f"({', '.join(self.optimizers)}); add it or pick one of them")
+        bad = [b for b in self.baseline_budgets if not (b > 0 and math.isfinite(b))]
+        if bad:
+            raise UserError(f"sweep.baseline_budgets holds {bad}; each is a positive multiple of "
+                            "train.max_iters, e.g. [0.25,0.5,2]")
 
     @property
     def path(self) -> Path:
