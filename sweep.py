@@ -41,12 +41,14 @@ from configs.errors import UserError, run_cli
 from sweeper.config import SweepConfig, load_sweep
 from sweeper.points import plan, split_args
 from sweeper.report import write_outputs, write_results
-from sweeper.runner import check_identity, collect, record_sweep, resources, run_points
+from sweeper.runner import check_identity, collect, record_sweep, resources
+from sweeper.stages import run_stages
 from sweeper.wandb_export import write_wandb_sweeps
 from trainer.outputs import read_json
 
 # The fields a report reads: the stored sweep's, unless given on the command line.
-REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss")
+REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
+                 "baseline", "resolve")
 
 
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:
@@ -56,9 +58,11 @@ def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> in
     check_identity(d, cfg.name, p.setup)
     record_sweep(p, argv)
     where = f"GPUs {','.join(gpus)}" if gpus else f"CPU, {threads} thread(s) per process"
-    print(f"sweep {cfg.name}: {len(p.points)} runs, {cfg.jobs} at once x {cfg.nproc_per_run} "
-          f"process(es) ({where}); results in {d}")
-    completed = run_points(p, gpus, threads, on_end=lambda: write_results(d, collect(d)))
+    later = " (then bracketing, held-out seeds and budgets as results come in)" \
+        if cfg.max_extend or cfg.confirm_seeds or cfg.baseline_budgets else ""
+    print(f"sweep {cfg.name}: stage 1 has {len(p.points)} runs{later}, {cfg.jobs} at once x "
+          f"{cfg.nproc_per_run} process(es) ({where}); results in {d}")
+    completed = run_stages(p, gpus, threads, on_end=lambda: write_results(d, collect(d)))
     write_outputs(d, cfg, p.setup)
     print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'report.md'}")
     return 0 if completed else 130

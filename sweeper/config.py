@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from configs.errors import UserError
+from trainer.outputs import Status
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -49,6 +50,17 @@ class Metric:
     x_label: str
     y_label: str
     x_scale: Optional[Tuple[str, Tuple[Tuple[str, Any], ...]]] = None   # (scale, its options)
+    sources: Tuple[str, ...] = ()   # summary fields to score by, preferred first (default: name)
+    resolve: float = 0.0            # the difference whose seeds-to-resolve a tie reports
+
+    def column(self, rows: list) -> str:
+        """The first of `sources` that every completed run has (older runs may lack a newer
+        field), else `name`."""
+        done = [r for r in rows if r.get("status") == Status.COMPLETED]
+        for key in self.sources:
+            if done and all(isinstance(r.get(key), (int, float)) for r in done):
+                return key
+        return self.name
 
     def format(self, mean: float, std: float) -> str:
         return f"{mean:.{self.digits}f} ± {fmt(std, self.digits)}"
@@ -82,7 +94,8 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
                "at each optimizer's best lr, mean over the seeds that reached it."),
         columns=(("neighbours", "one grid step off"), ("to_target", "tokens to {target}")),
         has_target=True,
-        x_key="tokens", series=(Series("val/loss"),), x_label="tokens", y_label="validation loss"),
+        x_key="tokens", series=(Series("val/loss"),), x_label="tokens", y_label="validation loss",
+        sources=("final_val_loss_full", "final_val_loss"), resolve=0.005),
     Metric(
         name="grokking_step", label="grokking step", axis_label="grokking step", unit="steps",
         digits=0, bad="did not grok", bad_short="no grok", bad_marks="did not grok / diverged",
@@ -95,7 +108,7 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
         has_target=False,
         x_key="step", series=(Series("val/acc"), Series("train/acc", ":", labelled=False)),
         x_label="step", y_label="accuracy (val solid, train dotted)",
-        x_scale=("symlog", (("linthresh", 100),))),
+        x_scale=("symlog", (("linthresh", 100),)), resolve=25.0),
 )}
 
 
@@ -154,9 +167,6 @@ class SweepConfig:
                             "seeds must be fresh: pick others")
         if self.max_extend < 0:
             raise UserError(f"sweep.max_extend={self.max_extend} must be >= 0 (0: never extend)")
-        if self.baseline is not None and self.baseline not in self.optimizers:
-            raise UserError(f"sweep.baseline={self.baseline} is not in sweep.optimizers "
-                            f"({', '.join(self.optimizers)}); add it or pick one of them")
         bad = [b for b in self.baseline_budgets if not (b > 0 and math.isfinite(b))]
         if bad:
             raise UserError(f"sweep.baseline_budgets holds {bad}; each is a positive multiple of "
@@ -182,6 +192,9 @@ def lr_grids(cfg: SweepConfig) -> Dict[str, List[float]]:
     if stray:
         raise UserError(f"sweep.lr_grid has unknown optimizer(s) {', '.join(stray)}; "
                         f"known: {', '.join(known)}")
+    if cfg.baseline is not None and cfg.baseline not in cfg.optimizers:
+        raise UserError(f"sweep.baseline={cfg.baseline} is not in sweep.optimizers "
+                        f"({', '.join(cfg.optimizers)}); add it or pick one of them")
     grids = {}
     for opt in dict.fromkeys(cfg.optimizers):
         key = f"sweep.lr_grid.{opt}" if opt in cfg.lr_grid else "sweep.lrs"

@@ -117,3 +117,15 @@ def paired(a_name: str, a: dict, b_name: str, b: dict) -> Paired:
     boot = bootstrap_interval(diffs)
     return Paired(a_name, b_name, seeds, diffs.tolist(), mean, std, half, mean - half,
                   mean + half, p, *boot)
+
+
+def mean_interval(values: list, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval of the mean of independent values (nan bounds
+    for fewer than 2; nan mean for none)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    if len(x) < 2:
+        return float(x[0]), math.nan, math.nan
+    half = t_quantile(len(x), confidence) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half

@@ -11,7 +11,7 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from configs.errors import UserError
 from sweeper.config import SweepConfig, load_sweep, lr_grids
@@ -84,6 +84,8 @@ class Point:
     grid: dict           # {override key: value} of the extra axes
     overrides: list      # the setup's and this point's train.py overrides, canonical
     run_id: str
+    stage: str = "1"     # 1 | extend (bracketing) | 2 (held-out seeds) | budget; not in the id
+    budget: Optional[float] = None   # stage budget: the baseline's train.max_iters multiple
 
     @property
     def curve(self) -> str:
@@ -103,21 +105,27 @@ def make_run_id(optimizer: str, lr: float, seed: int, grid: dict, overrides: lis
     return f"{readable}_{digest}"
 
 
-def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:
-    """Seed-major order, so a sweep interrupted early has whole curves for its first seeds."""
+def make_point(opt: str, lr: float, seed: int, grid: dict, setup: list[str],
+               stage: str = "1", extra: tuple = (), budget: Optional[float] = None) -> Point:
+    """The point of (optimizer, lr, seed, grid values) on the setup, `extra` overrides last."""
+    own = [f"optimizer={opt}", f"optimizer.lr={hydra_value(float(lr))}",
+           f"seed={seed}"] + [f"{k}={hydra_value(v)}" for k, v in grid.items()]
+    overrides = canonical(setup + own + list(extra))
+    return Point(opt, float(lr), int(seed), grid, overrides,
+                 make_run_id(opt, float(lr), seed, grid, overrides), stage, budget)
+
+
+def grid_values(cfg: SweepConfig) -> list[dict]:
+    """Every combination of the extra axes' values ([{}] without axes)."""
     axes = sorted(cfg.grid)
-    points = []
-    for seed in cfg.seeds:
-        for opt, lrs in grids.items():
-            for values in itertools.product(*(cfg.grid[k] for k in axes)):
-                grid = dict(zip(axes, values))
-                for lr in lrs:
-                    own = [f"optimizer={opt}", f"optimizer.lr={hydra_value(float(lr))}",
-                           f"seed={seed}"] + [f"{k}={hydra_value(v)}" for k, v in grid.items()]
-                    overrides = canonical(setup + own)
-                    points.append(Point(opt, float(lr), int(seed), grid, overrides,
-                                        make_run_id(opt, float(lr), seed, grid, overrides)))
-    return points
+    return [dict(zip(axes, values)) for values in itertools.product(*(cfg.grid[k] for k in axes))]
+
+
+def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:
+    """Stage 1, seed-major, so a sweep interrupted early has whole curves for its first seeds."""
+    return [make_point(opt, lr, seed, grid, setup)
+            for seed in cfg.seeds for opt, lrs in grids.items()
+            for grid in grid_values(cfg) for lr in lrs]
 
 
 def validate_points(points: list[Point], launch: list[str], runs_dir: Path):
@@ -167,9 +175,10 @@ class Plan:
     cli_keys: set            # the sweep.<key>s given on the command line
     grids: Dict[str, List[float]]   # each optimizer's lrs
     setup: list              # the train.py overrides of every run, canonical (the sweep's identity)
-    points: List[Point]
+    points: List[Point]      # stage 1 (sweeper/stages.py adds the others as results come in)
     launch: list             # how runs are launched and logged (launch_overrides)
     wandb: bool              # runs log to W&B
+    max_iters: int = 0       # train.max_iters of the setup (the baseline budgets multiply it)
 
 
 def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
@@ -179,5 +188,7 @@ def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
     setup = canonical(list(cfg.overrides) + train_args)
     points = make_points(cfg, grids, setup)
     launch = launch_overrides(cfg, train_args, wandb_enabled=False)
-    wandb = bool(validate_points(points, launch, cfg.path / "runs").wandb.enabled)
-    return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb)
+    first = validate_points(points, launch, cfg.path / "runs")
+    wandb = bool(first.wandb.enabled)
+    return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb,
+                int(first.train.max_iters))

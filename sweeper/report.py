@@ -1,7 +1,8 @@
 """The outputs of a sweep in sweep.dir, rebuilt from its runs: results.csv (a row per run),
-report.md (best lr, stable range, the metric's columns, ranking, every lr, failed runs),
-lr_curves.png (the metric against lr per curve) and best_curves.png (the runs at each curve's
-best lr). Words, digits and curves that depend on the metric come from its Metric.
+report.md (chosen lr and its held-out score, stable range, the metric's columns, paired verdicts,
+every pair, speedups, every lr, failed runs), lr_curves.png (the metric against lr per curve,
+with 95% confidence bands) and best_curves.png (the runs that score each curve). Words, digits
+and curves that depend on the metric come from its Metric.
 """
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from typing import Callable, Dict, NamedTuple
 
 from sweeper.config import fmt
 from sweeper.runner import collect
-from sweeper.stats import CurveStats, Summary, compare, neighbour_costs, summarize
+from sweeper.paired import mean_interval
+from sweeper.stats import CurveStats, Summary, chain, neighbour_costs, summarize
 from trainer.outputs import SUMMARY_FIELDS, Status, read_metrics, write_atomic
 
 
 def write_results(d: Path, rows: list[dict]) -> None:
-    first = ["run_id", "optimizer", "lr", "seed"]
+    first = ["run_id", "optimizer", "lr", "seed", "stage"]
     axes = sorted({k for r in rows for k in r["_axes"]})
-    known = set(first + axes + list(SUMMARY_FIELDS)) | {"curve", "error", "_dir", "_axes"}
+    known = set(first + axes + list(SUMMARY_FIELDS)) | {"curve", "error", "_dir", "_axes", "budget"}
     extra = sorted({k for r in rows for k in r} - known)   # the task's, e.g. grokking_step
     columns = first + axes + list(SUMMARY_FIELDS) + extra + ["error"]
     out = io.StringIO()
@@ -65,26 +67,111 @@ def stable_cells(c: CurveStats) -> tuple[str, str]:
     return f"{lo:.3g}..{hi:.3g} ({n} lr{'s' if n > 1 else ''})", f"{math.log10(hi / lo):.2f}"
 
 
+def score_cell(s: Summary, curve: str) -> str:
+    sc, m = s.scores[curve], s.metric
+    mean, low, high = sc.interval
+    if not sc.values:
+        return f"none ({sc.n_bad}/{sc.n} {m.bad_short})"
+    ci = f" ± {fmt((high - low) / 2, m.digits)}" if len(sc.values) > 1 else ""
+    bad = f", {sc.n_bad}/{sc.n} {m.bad_short}" if sc.n_bad else ""
+    return f"{mean:.{m.digits}f}{ci} (n={len(sc.values)}{bad})"
+
+
+def bracket_cell(s: Summary, curve: str) -> str:
+    c = s.curves[curve]
+    at_end = c.best is c.per_lr[0] or c.best is c.per_lr[-1]
+    added = len(s.extended.get(curve, []))
+    return ("at the grid's end" if at_end and len(c.per_lr) > 1 else "inside") + \
+        (f" ({added} lr{'s' if added > 1 else ''} added)" if added else "")
+
+
 def ranking_table(s: Summary) -> list[str]:
     m = s.metric
-    header = ["rank", "optimizer", "best lr", m.label, "stable lrs", "width (decades)"]
+    held = any(sc.held_out for sc in s.scores.values())
+    header = ["rank", "optimizer", "chosen lr",
+              f"{m.label}{', held-out seeds' if held else ''} (mean ± 95% CI)",
+              "stage-1 mean at that lr", "stable lrs", "width (decades)", "best lr"]
     header += [title.format(target=fmt(s.target)) for _, title in m.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, curve in enumerate(s.ranked, 1):
         c = s.curves[curve]
         b = c.best
-        cells = [str(rank), curve, f"{b.lr:.3g}", f"{m.format(b.mean, b.std)} (n={len(b.values)})",
-                 *stable_cells(c)]
+        cells = [str(rank), curve, f"{b.lr:.3g}", score_cell(s, curve),
+                 f"{m.format(b.mean, b.std)} (n={len(b.values)})", *stable_cells(c),
+                 bracket_cell(s, curve)]
         cells += [COLUMNS[kind](c, s) for kind, _ in m.columns]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdict_lines(s: Summary, resolve: float) -> list[str]:
+    m = s.metric
+    held = all(sc.held_out for sc in s.scores.values())
+    lines = ["", "## Verdicts", "",
+             ("Paired over the held-out seeds (stage 2): the lrs were chosen on other seeds."
+              if held else "Paired over the seeds that also chose the lrs (no held-out stage): "
+              "the best of a grid is biased low, so read these as provisional."),
+             "A difference is called only when its 95% t interval excludes 0; otherwise it is a "
+             "tie at this budget, with the smallest difference the study could resolve.", "",
+             f"Ordering: {chain(s)}", ""]
+    lines += [f"- {v.verdict(m.unit, m.digits, resolve)}" for v in s.verdicts]
+    if len(s.pairs) > len(s.verdicts):
+        lines += ["", "Every pair (a - b; negative: a better):", "",
+                  "| a | b | a - b | 95% t CI | p | bootstrap CI | n | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for v in s.pairs:
+            lines.append(f"| {v.a} | {v.b} | {fmt(v.mean, m.digits)} | [{fmt(v.low, m.digits)}, "
+                         f"{fmt(v.high, m.digits)}] | {v.p_value:.2g} | [{fmt(v.boot_low, m.digits)}, "
+                         f"{fmt(v.boot_high, m.digits)}] | {v.n} | "
+                         f"{(v.winner() + ' better') if v.decided else 'tie'} |")
+    return lines
+
+
+def interval_text(values: list, digits: int = 2) -> str:
+    mean, low, high = mean_interval(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]")
+
+
+def speedup_lines(s: Summary) -> list[str]:
+    sp = s.speedups
+    if sp is None or not sp.curves:
+        return []
+    lines = ["", f"## Speedup over {sp.baseline}", "",
+             f"Tokens: {sp.baseline}'s tokens / the tokens each optimizer's eval curve needs to "
+             f"reach {sp.baseline}'s final val/loss at the same seed (interpolated between "
+             "evaluations); mean [95% t CI] over seeds.", ""]
+    header = ["optimizer", "speedup in tokens", "reached"]
+    if sp.fit is not None:
+        header.append("D_eff / D (Wen et al.)")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in sp.curves:
+        got = [r for r in c.ratios.values() if r is not None]
+        cells = [c.curve, interval_text(got), f"{len(got)}/{len(c.ratios)}"]
+        if sp.fit is not None:
+            cells.append(interval_text(list(c.effective.values())))
+        lines.append("| " + " | ".join(cells) + " |")
+    if sp.fit is not None:
+        f = sp.fit
+        lines += ["", f"D_eff: {sp.baseline}'s {s.column} at {len(sp.budgets)} budgets fitted by "
+                  f"L(D) = alpha (D / {f.scale:.3g})^-beta + gamma: alpha {f.alpha:.4f}, beta "
+                  f"{f.beta:.4f}, gamma {f.gamma:.4f}; residuals "
+                  + ", ".join(f"{r:+.4f}" for r in f.residuals) + " at "
+                  + ", ".join(f"{fmt_tokens(d)} (n={n})" for d, _, n in sp.budgets)
+                  + ". An optimizer's loss L at D tokens is worth D_eff = D(L) of the baseline; "
+                  "beyond the largest budget D_eff is an extrapolation."]
+    elif sp.budgets:
+        lines += ["", f"(D_eff needs {sp.baseline} at 3 or more budgets: sweep.baseline_budgets)"]
     return lines
 
 
 def every_lr_table(s: Summary) -> list[str]:
     curves = list(s.stats)
     lrs = sorted({st.lr for per in s.stats.values() for st in per})
-    lines = ["", "## Every learning rate", "",
-             "mean ± std (runs that finished; diverged or did not grok: marked)", "",
+    lines = ["", "## Every learning rate (stage 1)", "",
+             "mean ± std (runs that finished; diverged or did not grok: marked; * = added by "
+             "bracketing)", "",
              "| lr | " + " | ".join(curves) + " |", "|" + "---|" * (len(curves) + 1)]
     for lr in lrs:
         cells = []
@@ -97,8 +184,16 @@ def every_lr_table(s: Summary) -> list[str]:
             if st.n_bad:
                 cell += f" ({st.n_bad}/{st.n} {s.metric.bad_short})"
             cells.append(cell.strip())
-        lines.append(f"| {lr:.3g} | " + " | ".join(cells) + " |")
+        mark = "*" if any(lr in v for v in s.extended.values()) else ""
+        lines.append(f"| {lr:.3g}{mark} | " + " | ".join(cells) + " |")
     return lines
+
+
+def stage_counts(rows: list[dict]) -> dict:
+    out = {}
+    for r in rows:
+        out[r.get("stage", "1")] = out.get(r.get("stage", "1"), 0) + 1
+    return dict(sorted(out.items()))
 
 
 def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
@@ -107,13 +202,16 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
              f"Setup of every run (train.py overrides): `{' '.join(setup) or '(defaults)'}`", "",
              f"Runs: {len(rows)} ({', '.join(f'{v} {k}' for k, v in count.items() if v)}); "
              "a row each in results.csv. Curves: lr_curves.png, best_curves.png.", ""]
-    lines += s.metric.intro_lines(cfg.tolerance, s.target, cfg.target_loss is not None) + [""]
+    lines += s.metric.intro_lines(cfg.tolerance, s.target, cfg.target_loss is not None)
+    lines += [f"Scored by `{s.column}`" + (" (the final model on the whole val split)"
+              if s.column == "final_val_loss_full" else "") + ". Chosen lr: each curve's stage-1 "
+              f"best (seeds {list(cfg.seeds)}); " + (f"scored on the held-out seeds "
+              f"{list(cfg.confirm_seeds)}." if cfg.confirm_seeds else "scored on those seeds."),
+              "Runs by stage: " + ", ".join(f"{k} {v}" for k, v in stage_counts(rows).items()), ""]
     lines += ranking_table(s)
     if len(s.ranked) > 1:
-        lines += ["", "## Ranking", ""]
-        for a, b in zip(s.ranked, s.ranked[1:]):
-            lines.append(f"- {b} after {a}: "
-                         + compare(s.curves[a].best, s.curves[b].best, s.metric))
+        lines += verdict_lines(s, cfg.resolve if cfg.resolve is not None else s.metric.resolve)
+    lines += speedup_lines(s)
     if s.stats:
         lines += every_lr_table(s)
     failed = [r for r in rows if r["status"] == Status.FAILED]
@@ -148,37 +246,52 @@ def save_figure(f: Figure, path: Path, legend: bool) -> None:
 
 
 def plot_lr_curves(s: Summary, cfg, path: Path) -> None:
+    """Stage 1's mean per lr with its 95% t band (lrs added by bracketing hollow), x where runs
+    diverged, and each curve's held-out score at its chosen lr (a star with its interval)."""
     f = new_figure()
     ax = f.ax
     for i, (curve, per_lr) in enumerate(s.stats.items()):
         color = f"C{i % 10}"
         ok = [st for st in per_lr if st.values]
         if ok:
+            band = [mean_interval(st.values) for st in ok]
             ax.plot([st.lr for st in ok], [st.mean for st in ok], "o-", color=color, label=curve)
-            ax.fill_between([st.lr for st in ok], [min(st.values) for st in ok],
-                            [max(st.values) for st in ok], color=color, alpha=0.2, lw=0)
+            lo = [b[1] if not math.isnan(b[1]) else b[0] for b in band]
+            hi = [b[2] if not math.isnan(b[2]) else b[0] for b in band]
+            ax.fill_between([st.lr for st in ok], lo, hi, color=color, alpha=0.2, lw=0)
+            added = [st for st in ok if st.lr in s.extended.get(curve, [])]
+            ax.scatter([st.lr for st in added], [st.mean for st in added], s=60,
+                       facecolors="white", edgecolors=color, zorder=3)
+        sc = s.scores.get(curve)
+        if sc is not None and sc.held_out and sc.values:
+            mean, low, high = sc.interval
+            err = None if math.isnan(low) else [[mean - low], [high - mean]]
+            ax.errorbar([sc.lr], [mean], yerr=err, fmt="*", ms=11, color=color, capsize=3)
         bad = [st.lr for st in per_lr if st.n_bad]
         if bad:  # at the top of the axis, whatever the scale
             ax.scatter(bad, [0.97 - 0.025 * (i % 4)] * len(bad), marker="x", color=color,
                        transform=ax.get_xaxis_transform(), label=None if ok else curve)
+    lrs = [st.lr for per in s.stats.values() for st in per]
+    if lrs and not any(st.values for per in s.stats.values() for st in per):
+        ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)   # only x marks: no data limits to log-scale
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(s.metric.axis_label)
-    ax.set_title(f"{cfg.name}: mean over seeds, band min..max, x = {s.metric.bad_marks}",
-                 fontsize=10)
+    ax.set_title(f"{cfg.name}: stage-1 mean, band 95% CI, hollow = added by bracketing, "
+                 f"star = held-out score, x = {s.metric.bad_marks}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     save_figure(f, path, legend=bool(s.stats))
 
 
 def plot_best_curves(s: Summary, cfg, path: Path) -> None:
-    """The runs at each curve's best lr: the Metric's series (val loss vs tokens; val and train
-    accuracy vs step) of every seed."""
+    """The runs that score each curve (held-out seeds at its chosen lr, if any): the Metric's
+    series (val loss vs tokens; val and train accuracy vs step) of every seed."""
     m = s.metric
     f = new_figure()
     ax = f.ax
     for i, curve in enumerate(s.ranked):
         best = s.curves[curve].best
-        for k, r in enumerate(best.runs):
+        for k, r in enumerate(s.scored.get(curve, best.runs)):
             recs = read_metrics(r["_dir"])
             label = f"{curve} (lr {best.lr:.3g})" if k == 0 else None
             for series in m.series:
@@ -191,7 +304,7 @@ def plot_best_curves(s: Summary, cfg, path: Path) -> None:
     if s.target is not None:
         ax.axhline(s.target, color="gray", ls="--", lw=0.8, label="target loss")
     ax.set(xlabel=m.x_label, ylabel=m.y_label)
-    ax.set_title(f"{cfg.name}: every seed at each optimizer's best lr", fontsize=10)
+    ax.set_title(f"{cfg.name}: every scoring seed at each optimizer's chosen lr", fontsize=10)
     ax.grid(alpha=0.3)
     save_figure(f, path, legend=bool(s.ranked))
 

@@ -213,12 +213,13 @@ def stop_runs(running: dict[str, Launched], grace_s: float = 20.0) -> None:
         run.lock.release()
 
 
-def run_points(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], None]) -> bool:
+def run_points(plan: Plan, points: list[Point], gpus: list[str], threads: int,
+               on_end: Callable[[], None]) -> bool:
     """Runs every unfinished point, sweep.jobs at a time; `on_end()` after each run ends.
     Returns False when interrupted."""
     from tqdm.auto import tqdm
 
-    cfg, points = plan.cfg, plan.points
+    cfg = plan.cfg
     runs_dir = cfg.path / "runs"
     todo = [p for p in points if not finished(runs_dir / p.run_id)]
     running: dict[str, Launched] = {}
@@ -309,7 +310,7 @@ def collect(d: Path) -> list[dict]:
         status, error = run_status(run_dir, summary)
         row = {"run_id": point["run_id"], "curve": curve_label(point["optimizer"], point["grid"]),
                "optimizer": point["optimizer"], "lr": point["lr"], "seed": point["seed"],
-               **point["grid"]}
+               "stage": point.get("stage", "1"), "budget": point.get("budget"), **point["grid"]}
         row.update({k: summary.get(k) for k in SUMMARY_FIELDS[1:]}, status=status)
         row.update({k: v for k, v in summary.items() if k not in row and k != "error"
                     and not isinstance(v, (dict, list))})

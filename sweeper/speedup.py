@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from trainer.outputs import Status, read_metrics
+
 
 def tokens_to_reach(curve: Sequence[tuple[float, float]], target: float) -> Optional[float]:
     """The tokens at which a (tokens, loss) curve, in order, first reaches `target`."""
@@ -78,3 +80,73 @@ def effective_speedup(fit: ScalingFit, loss: float, tokens: float) -> float:
     """D_eff / D; inf when the loss is below the baseline's asymptote."""
     d_eff = fit.effective_tokens(loss)
     return math.inf if d_eff is None else d_eff / tokens
+
+
+@dataclass
+class Speedup:
+    """One curve against the baseline, per shared seed."""
+    curve: str
+    ratios: dict          # seed -> baseline tokens / tokens to the baseline's final loss (None: never)
+    effective: dict       # seed -> D_eff / D from the baseline's L(D) fit (empty without a fit)
+
+
+@dataclass
+class Speedups:
+    baseline: str
+    curves: list                  # [Speedup], in ranking order
+    fit: Optional[ScalingFit]     # L(D) of the baseline's budgets; None with fewer than 3
+    budgets: list                 # [(tokens, mean metric, runs)] the fit used
+
+
+def final_eval_loss(run_dir) -> Optional[float]:
+    evals = [r["val/loss"] for r in read_metrics(run_dir) if r.get("val/loss") is not None]
+    return evals[-1] if evals else None
+
+
+def eval_curve(run_dir) -> list:
+    return [(r["tokens"], r["val/loss"]) for r in read_metrics(run_dir) if "val/loss" in r]
+
+
+def baseline_fit(rows: list, summary, baseline: str) -> tuple[Optional[ScalingFit], list]:
+    """L(D) from the baseline's budget runs and its scored runs (budget 1): the mean of the
+    summary's column per token budget."""
+    from sweeper.stats import scored_runs
+
+    lr, column = summary.scores[baseline].lr, summary.column
+    runs = [r for r in rows if r["curve"] == baseline and r.get("stage") == "budget"
+            and r["lr"] == lr] + scored_runs(rows, baseline, lr)
+    by_tokens = {}
+    for r in runs:
+        if r["status"] == Status.COMPLETED and isinstance(r.get(column), (int, float)):
+            by_tokens.setdefault(r["tokens"], []).append(r[column])
+    budgets = [(d, sum(v) / len(v), len(v)) for d, v in sorted(by_tokens.items())]
+    if len(budgets) < 3:
+        return None, budgets
+    return fit_scaling([d for d, _, _ in budgets], [l for _, l, _ in budgets]), budgets
+
+
+def speedups(rows: list, summary, baseline: Optional[str]) -> Optional[Speedups]:
+    """Every ranked curve's speedup over `baseline` on the seeds both were scored on."""
+    from sweeper.stats import scored_runs
+
+    if baseline is None or baseline not in summary.scores:
+        return None
+    base = {r["seed"]: r for r in scored_runs(rows, baseline, summary.scores[baseline].lr)
+            if r["status"] == Status.COMPLETED}
+    fit, budgets = baseline_fit(rows, summary, baseline)
+    out = []
+    for curve in summary.ranked:
+        if curve == baseline:
+            continue
+        runs = {r["seed"]: r for r in scored_runs(rows, curve, summary.scores[curve].lr)
+                if r["status"] == Status.COMPLETED}
+        ratios, effective = {}, {}
+        for seed in sorted(set(base) & set(runs)):
+            target = final_eval_loss(base[seed]["_dir"])
+            reached = tokens_to_reach(eval_curve(runs[seed]["_dir"]), target) if target else None
+            ratios[seed] = base[seed]["tokens"] / reached if reached else None
+            value = summary.scores[curve].values.get(seed)
+            if fit is not None and value is not None:
+                effective[seed] = effective_speedup(fit, value, runs[seed]["tokens"])
+        out.append(Speedup(curve, ratios, effective))
+    return Speedups(baseline, out, fit, budgets)

@@ -1,16 +1,25 @@
-"""The statistics of a sweep, from collect()'s rows: per curve (optimizer and grid values) and lr
-the metric over seeds (LrStats), each curve's best lr and stable range (best_and_range), tokens
-to a target loss, the ranking (summarize -> Summary), and the texts that compare two curves or a
-best lr with its grid neighbours. What the metric means comes from its Metric (sweeper/config.py).
+"""The statistics of a sweep, from collect()'s rows.
+
+Stage 1 (the lr grid, with its bracketing extensions) chooses each curve's lr: per curve
+(optimizer and grid values) and lr the metric over seeds (LrStats), the best lr and stable range
+(best_and_range), tokens to a target loss. The held-out seeds of stage 2 score the chosen lr
+(Scores; stage 1's own seeds only when a sweep has no stage 2, and then the report says so).
+The ranking orders the scores; each adjacent pair gets a paired verdict (sweeper/paired.py), and
+each curve a speedup over the baseline (sweeper/speedup.py). summarize -> Summary holds it all.
+What the metric means comes from its Metric (sweeper/config.py).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from sweeper.config import METRICS, Metric
+from sweeper.paired import Paired, mean_interval, paired
 from trainer.outputs import Status, read_metrics
+
+STAGE1 = ("1", "extend")      # the stages that choose the lr
+HELD_OUT = "2"
 
 
 @dataclass
@@ -67,13 +76,39 @@ class CurveStats:
 
 
 @dataclass
+class Scores:
+    """A curve's metric at its chosen lr, per seed: the verdicts' input."""
+    lr: float
+    held_out: bool            # from stage-2 seeds, never those that chose the lr
+    values: Dict[int, float]  # seed -> value, the runs that reached one
+    n: int                    # runs (completed or diverged)
+    n_bad: int                # diverged (did not grok)
+
+    @property
+    def bad_share(self) -> float:
+        return self.n_bad / self.n if self.n else 1.0
+
+    @property
+    def interval(self) -> tuple:
+        """(mean, low, high) of the 95% t interval of the mean."""
+        return mean_interval(list(self.values.values()))
+
+
+@dataclass
 class Summary:
     """Everything report.md and the plots show."""
     metric: Metric
-    stats: Dict[str, List[LrStats]]    # every curve with a result, by name (sorted)
+    stats: Dict[str, List[LrStats]]    # every curve with a stage-1 result, by name (sorted)
     curves: Dict[str, CurveStats]      # those with a best lr
-    ranked: List[str]                  # curves, best first
+    ranked: List[str]                  # curves, best first (by their scores)
     target: Optional[float]            # the target loss of tokens-to-target, if it applies
+    column: str = ""                   # the summary field scored (e.g. final_val_loss_full)
+    scores: Dict[str, Scores] = field(default_factory=dict)
+    verdicts: List[Paired] = field(default_factory=list)    # adjacent ranked pairs
+    pairs: List[Paired] = field(default_factory=list)       # every pair
+    extended: Dict[str, List[float]] = field(default_factory=dict)   # lrs added by bracketing
+    speedups: Optional[object] = None   # sweeper/speedup.py's Speedups, when a baseline applies
+    scored: Dict[str, list] = field(default_factory=dict)   # the rows behind each curve's Scores
 
 
 def lr_stats(rows: list[dict], metric: str) -> dict[str, list[LrStats]]:
@@ -123,16 +158,54 @@ def tokens_to_target(runs: list[dict], target: float) -> Reach:
     return Reach(sum(reached) / len(reached) if reached else None, len(reached), len(runs))
 
 
-def summarize(rows: list[dict], cfg) -> Summary:
-    """The statistics of every curve and their ranking, for the sweep config `cfg`."""
-    metric = METRICS[cfg.metric]
-    stats = lr_stats(rows, metric.name)
+def stage1(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("stage", "1") in STAGE1]
+
+
+def chosen_curves(rows: list[dict], metric: Metric, column: str,
+                  tolerance: float) -> Dict[str, CurveStats]:
+    """Each curve's stage-1 statistics and best lr (curves without a value left out)."""
     curves = {}
-    for curve, per_lr in stats.items():
-        best, stable = best_and_range(per_lr, metric, cfg.tolerance)
+    for curve, per_lr in lr_stats(stage1(rows), column).items():
+        best, stable = best_and_range(per_lr, metric, tolerance)
         if best is not None:
             curves[curve] = CurveStats(per_lr, best, stable)
-    ranked = sorted(curves, key=lambda c: (curves[c].best.bad_share, curves[c].best.mean))
+    return curves
+
+
+def scored_runs(rows: list[dict], curve: str, lr: float) -> list[dict]:
+    """The finished runs of `curve` at `lr` that score it: its stage-2 runs if it has any,
+    else stage 1's."""
+    at = [r for r in rows if r["curve"] == curve and r["lr"] == lr and r["status"] in Status.RESULTS]
+    held = [r for r in at if r.get("stage") == HELD_OUT]
+    return held or [r for r in at if r.get("stage", "1") in STAGE1]
+
+
+def scores_of(rows: list[dict], curve: str, lr: float, column: str) -> Scores:
+    runs = scored_runs(rows, curve, lr)
+    held = any(r.get("stage") == HELD_OUT for r in runs)
+    values = {r["seed"]: r[column] for r in runs if r["status"] == Status.COMPLETED
+              and isinstance(r.get(column), (int, float)) and math.isfinite(r[column])}
+    return Scores(lr, bool(held), values, len(runs), len(runs) - len(values))
+
+
+def summarize(rows: list[dict], cfg) -> Summary:
+    """The statistics of every curve, their scores, ranking and verdicts, for the sweep config."""
+    from sweeper.speedup import speedups
+
+    metric = METRICS[cfg.metric]
+    column = metric.column(rows)
+    curves = chosen_curves(rows, metric, column, cfg.tolerance)
+    scores = {c: scores_of(rows, c, curves[c].best.lr, column) for c in curves}
+    ranked = sorted(curves, key=lambda c: (scores[c].bad_share, scores[c].interval[0]))
+    verdicts = [paired(a, scores[a].values, b, scores[b].values)
+                for a, b in zip(ranked, ranked[1:])]
+    pairs = [paired(a, scores[a].values, b, scores[b].values)
+             for i, a in enumerate(ranked) for b in ranked[i + 1:]]
+    extended = {}
+    for r in rows:
+        if r.get("stage") == "extend":
+            extended.setdefault(r["curve"], set()).add(r["lr"])
     target = None
     if metric.has_target and curves:
         target = cfg.target_loss if cfg.target_loss is not None else \
@@ -140,20 +213,28 @@ def summarize(rows: list[dict], cfg) -> Summary:
         for c in curves.values():
             c.to_target = tokens_to_target(
                 [r for r in c.best.runs if r["status"] == Status.COMPLETED], target)
-    return Summary(metric, stats, curves, ranked, target)
+    s = Summary(metric, lr_stats(stage1(rows), column), curves, ranked, target, column, scores,
+                verdicts, pairs, {c: sorted(v) for c, v in extended.items()},
+                scored={c: scored_runs(rows, c, curves[c].best.lr) for c in curves})
+    if metric.has_target:
+        s.speedups = speedups(rows, s, baseline_of(cfg, curves))
+    return s
 
 
-def compare(a: LrStats, b: LrStats, metric: Metric) -> str:
-    """Whether b is behind a by more than the seed spread (mean +- std bands do not overlap)."""
-    if a.bad_share != b.bad_share:
-        return f"{b.n_bad}/{b.n} runs {metric.bad} at its best lr, against {a.n_bad}/{a.n}"
-    gap = b.mean - a.mean
-    if len(a.values) < 2 or len(b.values) < 2:
-        return f"behind by {gap:.4g} {metric.unit}; one seed, so the seed spread is unknown"
-    spread = a.std + b.std
-    verdict = "exceeds" if gap > spread else "is within"
-    return (f"behind by {gap:.4g} {metric.unit}, which {verdict} the seed spread "
-            f"(std {a.std:.3g} + {b.std:.3g} = {spread:.3g})")
+def baseline_of(cfg, curves: dict) -> Optional[str]:
+    """The baseline curve: sweep.baseline's (adamw's when unset), if it has a result."""
+    name = cfg.baseline or "adamw"
+    return next((c for c in curves if c.split(" ")[0] == name), None)
+
+
+def chain(s: Summary) -> str:
+    """The ranking as one line: '<' where the paired interval decides, '≈' where it ties."""
+    if not s.ranked:
+        return ""
+    out = s.ranked[0]
+    for v, b in zip(s.verdicts, s.ranked[1:]):
+        out += f" {'<' if v.decided else '≈'} {b}"
+    return out
 
 
 def neighbour_costs(c: CurveStats, metric: Metric) -> str:

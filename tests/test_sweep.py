@@ -31,7 +31,8 @@ JOBS = min(2, len(os.sched_getaffinity(0)))
 def tiny_args(tmp_path: Path, source: Path, *extra: str) -> list[str]:
     """A sweep of tiny-model runs with no preset setup: each run is a few seconds."""
     return [f"sweep.dir={tmp_path / 'sw'}", "sweep.name=t", "sweep.overrides=[]",
-            "sweep.seeds=[0]", f"sweep.jobs={JOBS}", "model=tiny", "data=shakespeare_char",
+            "sweep.seeds=[0]", f"sweep.jobs={JOBS}", "sweep.max_extend=0", "model=tiny",
+            "data=shakespeare_char",
             f"data.source={source}", f"data.root={tmp_path / 'data'}", "train.batch_size=4",
             "train.block_size=32", "train.max_iters=20", "train.eval_interval=10",
             "train.eval_iters=2", "train.warmup_iters=2", "train.log_interval=5", *extra]
@@ -139,7 +140,7 @@ def test_sweep_outputs_divergence_and_rerun(tmp_path, small_text, capsys):
         summary = json.loads((d / "runs" / r["run_id"] / "summary.json").read_text())
         assert float(r["final_val_loss"]) == pytest.approx(summary["final_val_loss"])
     report = (d / "report.md").read_text()
-    assert "| 1 |" in report and "| 2 |" in report and "## Ranking" in report
+    assert "| 1 |" in report and "| 2 |" in report and "## Verdicts" in report
     assert "(1/1 diverged)" in report
     # Same command again: every run is kept, nothing launched twice.
     logs = {r["run_id"]: launches(d / "runs" / r["run_id"]) for r in results(d)}
@@ -226,23 +227,27 @@ def test_crashed_run_is_a_result(tmp_path, small_text, monkeypatch):
 # The report's statistics, on hand-made runs
 
 def fake_run(d: Path, optimizer: str, lr: float, seed: int, summary: dict, evals: list[dict],
-             grid: dict | None = None) -> None:
+             grid: dict | None = None, stage: str | None = None) -> None:
+    """A finished run's files, as a sweep leaves them (no `stage`: written before stages)."""
     grid = grid or {}
-    rid = make_run_id(optimizer, lr, seed, grid, [f"seed={seed}", f"optimizer.lr={lr}"])
+    own = [f"seed={seed}", f"optimizer.lr={lr}"]
+    if stage is not None:   # budget runs differ from the others only in their steps
+        own += [f"stage={stage}", f"train.max_iters={summary.get('tokens')}"]
+    rid = make_run_id(optimizer, lr, seed, grid, own)
     run_dir = d / "runs" / rid
     run_dir.mkdir(parents=True)
-    (run_dir / "point.json").write_text(json.dumps(
-        {"optimizer": optimizer, "lr": lr, "seed": seed, "grid": grid, "overrides": [],
-         "run_id": rid}))
+    point = {"optimizer": optimizer, "lr": lr, "seed": seed, "grid": grid, "overrides": [],
+             "run_id": rid}
+    (run_dir / "point.json").write_text(json.dumps(point if stage is None else {**point, "stage": stage}))
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
 
 
-def loss_run(d, optimizer, lr, seed, final, curve=()):
+def loss_run(d, optimizer, lr, seed, final, curve=(), stage=None, tokens=10_000):
     evals = [{"step": 10 * i, "tokens": 1000 * i, "val/loss": v} for i, v in enumerate([*curve, final])]
     fake_run(d, optimizer, lr, seed, {"status": "completed", "final_val_loss": final,
-                                      "best_val_loss": final, "steps": 100, "tokens": 10_000,
-                                      "diverged_at_step": None}, evals)
+                                      "best_val_loss": final, "steps": 100, "tokens": tokens,
+                                      "diverged_at_step": None}, evals, stage=stage)
 
 
 def write_sweep_json(d: Path, **sweep_cfg) -> None:
@@ -273,29 +278,40 @@ def test_report_statistics(tmp_path):
     rank = {line.split("|")[2].strip(): line.split("|")[1:-1] for line in report.splitlines()
             if line.startswith("| 1 |") or line.startswith("| 2 |")}
     # a: best at 2e-3 (1.6e-2 has a lower mean but a diverged seed); stable 2e-3..4e-3.
+    # Columns: rank, optimizer, chosen lr, score (mean ± CI half-width), stage-1 mean ± std,
+    # stable lrs, width, where the best lies, one grid step off, tokens to target.
     a = rank["a"]
     assert a[0].strip() == "1" and a[2].strip() == "0.002"
     mean, std = statistics.mean([1.90, 1.92, 1.91]), statistics.stdev([1.90, 1.92, 1.91])
-    assert a[3].strip() == f"{mean:.4f} ± {std:.4f} (n=3)"
-    assert a[4].strip() == "0.002..0.004 (2 lrs)" and a[5].strip() == f"{math.log10(2):.2f}"
+    assert a[4].strip() == f"{mean:.4f} ± {std:.4f} (n=3)"
+    half = 4.303 * std / math.sqrt(3)                       # t table, 2 degrees of freedom
+    assert a[3].strip() == f"{mean:.4f} ± {half:.4f} (n=3)"
+    assert a[5].strip() == "0.002..0.004 (2 lrs)" and a[6].strip() == f"{math.log10(2):.2f}"
+    assert a[7].strip() == "inside"
     b = rank["b"]
-    assert b[0].strip() == "2" and b[2].strip() == "0.001" and b[4].strip() == "0.001..0.002 (2 lrs)"
+    assert b[0].strip() == "2" and b[2].strip() == "0.001" and b[5].strip() == "0.001..0.002 (2 lrs)"
+    assert b[7].strip() == "at the grid's end"
     # Target: the worst optimizer's best mean, b's 1.9617. a's seeds first reach it at the
     # eval v + 0.02 (tokens 2000); b's only at their final eval (3000), two seeds of three.
     assert "val/loss <= 1.9617" in report
-    assert a[7].strip() == "2k (3/3 seeds)"
-    assert b[7].strip() == "3k (2/3 seeds)"
+    assert a[9].strip() == "2k (3/3 seeds)"
+    assert b[9].strip() == "3k (2/3 seeds)"
     # One grid step off the best: a's 1e-3 and 4e-3 means minus its best; b is at the low edge
     # of its grid and its next lr, 2e-3, costs 2.00 minus its best.
     below = statistics.mean([2.00, 2.02, 2.04]) - mean
     above = statistics.mean([1.93, 1.94, 1.95]) - mean
-    assert a[6].strip() == f"+{below:.3f} (/2) / +{above:.3f} (x2)"
+    assert a[8].strip() == f"+{below:.3f} (/2) / +{above:.3f} (x2)"
     b_mean = statistics.mean([1.98, 1.955, 1.95])
-    assert b[6].strip() == f"edge / +{statistics.mean([1.99, 2.00, 2.01]) - b_mean:.3f} (x2)"
-    gap = b_mean - mean
-    spread = std + statistics.stdev([1.98, 1.955, 1.95])
-    assert f"behind by {gap:.4g} nats, which exceeds the seed spread" in report
-    assert gap > spread
+    assert b[8].strip() == f"edge / +{statistics.mean([1.99, 2.00, 2.01]) - b_mean:.3f} (x2)"
+    # The paired verdict (same seeds): a - b per seed -0.08, -0.035, -0.04; its t interval
+    # (2 degrees of freedom) still contains 0: a tie, though the unpaired means differ.
+    d_ab = [1.90 - 1.98, 1.92 - 1.955, 1.91 - 1.95]
+    m_ab, s_ab = statistics.mean(d_ab), statistics.stdev(d_ab)
+    h_ab = 4.303 * s_ab / math.sqrt(3)
+    assert m_ab + h_ab > 0
+    assert (f"tie at this budget: a - b = {m_ab:+.4f} nats, 95% CI [{m_ab - h_ab:+.4f}, "
+            f"{m_ab + h_ab:+.4f}]") in report
+    assert "Ordering: a ≈ b" in report and "read these as provisional" in report
     rows = results(d)
     assert len(rows) == 24 and sum(r["status"] == "diverged" for r in rows) == 4
     assert (d / "lr_curves.png").stat().st_size > 0
@@ -318,6 +334,8 @@ def test_report_grokking(tmp_path):
     assert lines[0].split("|")[2].strip() == "a" and lines[0].split("|")[3].strip() == "0.001"
     assert "600 ± 141 (n=2)" in lines[0] and "2/2" in lines[0] and "3/4" in lines[0]
     assert lines[1].split("|")[2].strip() == "b" and "1000 ± 141 (n=2)" in lines[1]
+    # paired: a - b = -400 steps at both seeds, an interval of width 0 that excludes 0
+    assert "a better than b: a - b = -400 steps" in report
     assert "grokking_step" in (d / "results.csv").read_text().splitlines()[0]
     assert (d / "best_curves.png").stat().st_size > 0
 
@@ -403,4 +421,4 @@ def test_report_neighbour_that_diverged(tmp_path):
     row = next(line.split("|")[1:-1] for line in (d / "report.md").read_text().splitlines()
                if line.startswith("| 1 |"))
     assert row[2].strip() == "0.003"
-    assert row[6].strip() == "+0.100 (/3) / 1/2 diverged (x3.3)"
+    assert row[8].strip() == "+0.100 (/3) / 1/2 diverged (x3.3)"

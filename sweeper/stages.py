@@ -1,0 +1,115 @@
+"""A sweep's stages, run by one command (python sweep.py ...):
+
+  1       the lr grid x sweep.seeds;
+  extend  while a curve's best stage-1 lr is at an end of its grid, one more lr a grid ratio
+          beyond that end (x sweep.seeds), at most sweep.max_extend times per curve; an end
+          where runs diverged brackets the best like any other;
+  2       each curve's stage-1 best lr (and its grid neighbours with sweep.confirm_neighbours)
+          x sweep.confirm_seeds, fresh seeds that score the chosen lr (sweeper/stats.py);
+  budget  the baseline at its stage-1 best lr x sweep.baseline_budgets x train.max_iters, on
+          the stage-2 seeds (sweep.seeds without a stage 2): the L(D) fit of the speedups.
+
+Every decision is recomputed from the finished runs, so a killed sweep resumes by running the
+same command: the same extensions, the same chosen lrs, the same run ids.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from sweeper.config import METRICS
+from sweeper.points import Plan, Point, curve_label, grid_values, make_point
+from sweeper.runner import collect, run_points
+from sweeper.stats import LrStats, baseline_of, chosen_curves, stage1
+
+
+def extension_lr(per_lr: list[LrStats], best: LrStats, extended: int,
+                 max_extend: int) -> Optional[float]:
+    """The lr one grid ratio beyond the end where the best lies, or None: the best is interior
+    (a neighbour on both sides, diverged or not), the grid has a single lr, or the curve has
+    used its max_extend extensions."""
+    lrs = [st.lr for st in per_lr]
+    if len(lrs) < 2 or extended >= max_extend:
+        return None
+    if best.lr == lrs[0]:
+        return lrs[0] * lrs[0] / lrs[1]
+    if best.lr == lrs[-1]:
+        return lrs[-1] * lrs[-1] / lrs[-2]
+    return None
+
+
+def curve_points(plan: Plan, stage: str, lrs_by_curve: dict, seeds: list,
+                 extra: tuple = (), budget: Optional[float] = None) -> list[Point]:
+    """Points of every curve (optimizer and grid values) at its lrs x seeds."""
+    points = []
+    for seed in seeds:
+        for opt in plan.grids:
+            for grid in grid_values(plan.cfg):
+                for lr in lrs_by_curve.get(curve_label(opt, grid), []):
+                    points.append(make_point(opt, lr, seed, grid, plan.setup, stage, extra, budget))
+    return points
+
+
+def extensions(plan: Plan, rows: list[dict]) -> list[Point]:
+    """The next bracketing points, from the finished stage-1 runs."""
+    metric = METRICS[plan.cfg.metric]
+    curves = chosen_curves(rows, metric, metric.column(stage1(rows)), plan.cfg.tolerance)
+    new = {}
+    for curve, c in curves.items():
+        used = len({r["lr"] for r in rows if r["curve"] == curve and r.get("stage") == "extend"})
+        lr = extension_lr(c.per_lr, c.best, used, plan.cfg.max_extend)
+        if lr is not None:
+            new[curve] = [float(f"{lr:.6g}")]
+    return curve_points(plan, "extend", new, plan.cfg.seeds)
+
+
+def confirm_lrs(c, neighbours: bool) -> list[float]:
+    """The chosen (best) lr, and with `neighbours` the grid lrs beside it that finished."""
+    i = c.per_lr.index(c.best)
+    picks = [c.best]
+    if neighbours:
+        picks += [c.per_lr[j] for j in (i - 1, i + 1) if 0 <= j < len(c.per_lr)
+                  and c.per_lr[j].values]
+    return sorted(st.lr for st in picks)
+
+
+def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
+    """Stage 2 and the baseline budgets, from the finished stage-1 runs."""
+    cfg = plan.cfg
+    metric = METRICS[cfg.metric]
+    curves = chosen_curves(rows, metric, metric.column(stage1(rows)), cfg.tolerance)
+    points = []
+    if cfg.confirm_seeds:
+        points += curve_points(plan, "2", {c: confirm_lrs(s, cfg.confirm_neighbours)
+                                          for c, s in curves.items()}, cfg.confirm_seeds)
+    base = baseline_of(cfg, curves)
+    if base is not None and cfg.baseline_budgets and plan.max_iters:
+        seeds = cfg.confirm_seeds or cfg.seeds
+        for b in cfg.baseline_budgets:
+            steps = max(1, int(round(b * plan.max_iters)))
+            if steps != plan.max_iters:
+                points += curve_points(plan, "budget", {base: [curves[base].best.lr]}, seeds,
+                                       extra=(f"train.max_iters={steps}",), budget=float(b))
+    return points
+
+
+def run_stages(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], None]) -> bool:
+    """Stage 1 with its extensions, then stage 2 and the budgets; False when interrupted."""
+    d = plan.cfg.path
+    points = list(plan.points)
+    while True:
+        if not run_points(plan, points, gpus, threads, on_end):
+            return False
+        new = [p for p in extensions(plan, collect(d)) if p.run_id not in {q.run_id for q in points}]
+        if not new:
+            break
+        print(f"{plan.cfg.name}: best lr at the end of its grid for "
+              f"{', '.join(sorted({p.curve for p in new}))}: extending by "
+              f"{', '.join(sorted({f'{p.lr:.3g}' for p in new}))}")
+        points += new
+    later = later_points(plan, collect(d))
+    if later:
+        seen = {p.run_id for p in points}
+        later = [p for p in {p.run_id: p for p in later}.values() if p.run_id not in seen]
+        print(f"{plan.cfg.name}: stage 2 and budgets: {len(later)} runs")
+        return run_points(plan, later, gpus, threads, on_end)
+    return True
