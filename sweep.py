@@ -54,7 +54,7 @@ REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:
     p = plan(sweep_args, train_args)
     cfg, d = p.cfg, p.cfg.path
-    gpus, threads = resources(cfg)
+    gpus, threads = resources(cfg, p.device)
     check_identity(d, cfg.name, p.setup)
     record_sweep(p, argv)
     where = f"GPUs {','.join(gpus)}" if gpus else f"CPU, {threads} thread(s) per process"

@@ -8,12 +8,13 @@ Outputs in out_dir: config.yaml, metrics.jsonl, summary.json, ckpt.pt (see READM
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,12 +22,14 @@ from configs import load_config, to_object
 from configs.errors import UserError, run_cli
 from trainer import checkpoint
 from trainer.distributed import DistEnv, exit_rank, setup, teardown
-from trainer.loop import (Progress, evaluate, final_eval, finish, forward_backward, optimizer_step,
-                          set_lr)
+from trainer.loop import (DivergenceWatch, Progress, StepTimer, evaluate, final_eval, finish,
+                          forward_backward, optimizer_step, set_lr)
 from trainer.outputs import RunLogger, Status, prepare_out_dir, truncate_metrics, write_atomic
 
-# Peak dense bf16 FLOP/s by device name, for MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
+# Peak dense bf16 FLOP/s by device name, for MFU; the first name found in the device's wins,
+# so variants come before their family (an H100 PCIe is not an SXM H100).
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12,
+              "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,
               "4090": 165e12, "V100": 125e12}
 
 
@@ -57,9 +60,13 @@ def start_or_resume(cfg, env: DistEnv) -> bool:
     return resuming
 
 
+def peak_flops_of(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s of a GPU by its name (torch.cuda.get_device_name), None if unknown."""
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
 def peak_flops(device: str) -> float | None:
-    return next((v for k, v in PEAK_FLOPS.items()
-                 if device.startswith("cuda") and k in torch.cuda.get_device_name(device)), None)
+    return peak_flops_of(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
 
 
 def wrap_model(model, cfg, env: DistEnv):
@@ -80,11 +87,12 @@ def describe(raw_model, t, env: DistEnv, accum: int, block_size: int, tokens_per
             f"{tokens_per_step} tokens/step")
 
 
-def log_eval(logger, bar, progress: Progress, metrics: dict) -> None:
-    record = progress.eval_record(metrics)
-    if logger:
-        logger.log(record)
-        bar.write(f"step {record['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+def must_look(next_step: int, t) -> bool:
+    """Whether the loop reads the loss (a host sync) before the optimizer step of `next_step`:
+    at log points, and before an evaluation, a checkpoint or the end (never of a diverged run)."""
+    return (next_step % t.log_interval == 0 or next_step == t.max_iters
+            or next_step % t.eval_interval == 0
+            or bool(t.ckpt_interval and next_step % t.ckpt_interval == 0))
 
 
 def run(cfg_node) -> dict:
@@ -102,6 +110,9 @@ def run(cfg_node) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device, t = env.device, cfg.train
+    # TF32 for float32 matmuls and convolutions on Ampere and later (nanoGPT's choice); the
+    # coupled iterations of optim/spectral.py turn it off for themselves.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     autocast = make_autocast(device, cfg.dtype)
     accum = micro_steps_per_rank(t.grad_accum_steps, env)
 
@@ -130,78 +141,136 @@ def run(cfg_node) -> dict:
             progress.history = [r for r in truncate_metrics(out_dir, progress.step) if "val/loss" in r]
         write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg_node))
 
-    raw_model, model = model, wrap_model(model, cfg, env)
+    raw_model = model
     flops_per_step = raw_model.flops_per_token(task.block_size) * progress.tokens_per_step
-    peak = peak_flops(device)
+    peak = peak_flops(device) * env.world_size if peak_flops(device) else None
     log(describe(raw_model, t, env, accum, task.block_size, progress.tokens_per_step))
-    logger = RunLogger(out_dir, cfg.wandb, config, resuming) if env.is_main else None
     progress.wall0 = time.time()
-
-    def save_checkpoint() -> None:
-        checkpoint.save(out_dir, model=raw_model, optimizer=optimizer, scaler=scaler,
-                        step=progress.step, best_val_loss=progress.best_val, config=config,
-                        device=device, is_main=env.is_main, consolidate=t.zero and env.enabled)
-
-    def write_summary(status: str, error: str | None = None) -> dict:
-        summary = finish(progress, status, task, raw_model, env, error)
-        if logger:
-            summary.write(out_dir)
-            logger.finish(summary)
-            log(f"{status}: " + ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()
-                                          if v is not None))
-        return summary.to_dict()
-
-    bar = tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
-               dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0)
+    r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, cfg, env), raw_model=raw_model,
+            optimizer=optimizer, scaler=scaler, autocast=autocast, accum=accum, progress=progress,
+            out_dir=out_dir, config=config, peak=peak, flops_per_step=flops_per_step, log=log,
+            logger=RunLogger(out_dir, cfg.wandb, config, resuming) if env.is_main else None,
+            bar=tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
+                     dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0))
     clean = False
     try:
-        model.train()
-        while progress.step < t.max_iters:
-            if progress.step % t.eval_interval == 0 and progress.last_eval != progress.step:
-                log_eval(logger, bar, progress, evaluate(task, raw_model, t, env, autocast))
-                if task.done(progress.history):  # e.g. a grokking run that has solved its task
-                    bar.write(f"task solved at step {progress.step}: stopping early")
-                    break
-            set_lr(optimizer, progress.step, t)
-            t0 = time.time()
-            train_loss = forward_backward(model, task, scaler, step=progress.step, accum=accum,
-                                          batch_size=t.batch_size, env=env, autocast=autocast)
-            if not math.isfinite(train_loss) or train_loss > t.diverge_loss:
-                progress.diverged_at = progress.step + 1
-                bar.write(f"diverged at step {progress.diverged_at}: train loss {train_loss}")
-                break
-            optimizer_step(raw_model, optimizer, scaler, t.grad_clip)
-            dt = time.time() - t0
-            progress.step_done(dt)
-            if progress.step % t.log_interval == 0 or progress.step == t.max_iters:
-                mfu = flops_per_step / dt / peak / env.world_size if peak else None
-                if logger:
-                    lr = optimizer.param_groups[0]["lr"]
-                    logger.log(progress.train_record(lr, train_loss, dt, mfu))
-                bar.set_postfix(loss=f"{train_loss:.4f}",
-                                tok_s=f"{progress.tokens_per_step / dt:.0f}", refresh=False)
-            bar.update(1)
-            if t.ckpt_interval and progress.step % t.ckpt_interval == 0 \
-                    and progress.step < t.max_iters:
-                save_checkpoint()
-        if progress.diverged_at is None:
-            if t.eval_at_end and progress.last_eval != progress.step:
-                log_eval(logger, bar, progress, evaluate(task, raw_model, t, env, autocast))
-            progress.final_val_full = final_eval(task, raw_model, t, env, autocast)
-            if progress.final_val_full is not None:
-                bar.write(f"final val loss on the whole val split: {progress.final_val_full:.4f}")
-            save_checkpoint()
-        bar.close()
-        status = Status.COMPLETED if progress.diverged_at is None else Status.DIVERGED
-        summary = write_summary(status)
+        summary = r.train()
         clean = True
     except Exception as exc:  # a crash mid-run is a recorded result, then re-raised
-        bar.close()
-        write_summary(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        r.bar.close()
+        r.write_summary(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         teardown(env, clean=clean)
     return summary
+
+
+@dataclass
+class Run:
+    """A run once set up, and the loop over its steps. Every rank runs the same loop; only
+    rank 0 has a logger (and writes)."""
+    cfg: Any
+    env: DistEnv
+    task: Any
+    model: Any                # what the steps call (compiled, DDP-wrapped)
+    raw_model: Any            # its parameters: what is evaluated and saved
+    optimizer: Any
+    scaler: Any
+    autocast: Any
+    accum: int                # micro-steps per rank
+    progress: Progress
+    out_dir: Path
+    config: dict
+    peak: float | None        # FLOP/s of all ranks, for MFU
+    flops_per_step: float
+    log: Any
+    logger: RunLogger | None
+    bar: Any
+
+    def train(self) -> dict:
+        t, p = self.cfg.train, self.progress
+        watch, timer = DivergenceWatch(t.diverge_loss, self.env.device), StepTimer(self.env.device)
+        self.model.train()
+        while p.step < t.max_iters:
+            if p.step % t.eval_interval == 0 and p.last_eval != p.step:
+                timer.pause()
+                self.evaluate()
+                timer.resume()
+                if self.task.done(p.history):  # e.g. a grokking run that has solved its task
+                    self.bar.write(f"task solved at step {p.step}: stopping early")
+                    break
+            set_lr(self.optimizer, p.step, t)
+            train_loss = forward_backward(self.model, self.task, self.scaler, step=p.step,
+                                          accum=self.accum, batch_size=t.batch_size, env=self.env,
+                                          autocast=self.autocast)
+            watch.update(train_loss, p.step)
+            if must_look(p.step + 1, t):   # the one host sync of a log interval
+                diverged_at, loss_value = watch.read(train_loss)
+                if diverged_at is not None:
+                    p.diverged_at, p.step = diverged_at, diverged_at - 1
+                    self.bar.write(f"diverged at step {diverged_at}: train loss non-finite or "
+                                   f"above train.diverge_loss={t.diverge_loss}")
+                    break
+            optimizer_step(self.raw_model, self.optimizer, self.scaler, t.grad_clip)
+            p.step += 1
+            timer.step_done()
+            if p.step % t.log_interval == 0 or p.step == t.max_iters:
+                self.log_train(loss_value, *timer.window())
+            self.bar.update(1)
+            if t.ckpt_interval and p.step % t.ckpt_interval == 0 and p.step < t.max_iters:
+                timer.pause()
+                self.save_checkpoint()
+                timer.resume()
+        timer.window()
+        p.tokens_per_s = round(p.tokens_per_step * timer.steps / timer.seconds, 1) \
+            if timer.seconds > 0 else None
+        if p.diverged_at is None:
+            self.end_of_training()
+        self.bar.close()
+        return self.write_summary(Status.COMPLETED if p.diverged_at is None else Status.DIVERGED)
+
+    def evaluate(self) -> None:
+        metrics = evaluate(self.task, self.raw_model, self.cfg.train, self.env, self.autocast)
+        record = self.progress.eval_record(metrics)
+        if self.logger:
+            self.logger.log(record)
+            self.bar.write(f"step {record['step']}: "
+                           + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def log_train(self, loss: float, seconds: float, steps: int) -> None:
+        if self.logger:
+            rec = self.progress.train_record(self.optimizer.param_groups[0]["lr"], loss, seconds,
+                                             steps, self.peak, self.flops_per_step)
+            if self.env.device.startswith("cuda"):   # a host-side counter: no sync
+                rec["max_mem_gb"] = round(torch.cuda.max_memory_allocated(self.env.device) / 2**30, 2)
+            self.logger.log(rec)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def end_of_training(self) -> None:
+        """The last evaluation, the whole-val-split score, the final checkpoint."""
+        t, p = self.cfg.train, self.progress
+        if t.eval_at_end and p.last_eval != p.step:
+            self.evaluate()
+        p.final_val_full = final_eval(self.task, self.raw_model, t, self.env, self.autocast)
+        if p.final_val_full is not None:
+            self.bar.write(f"final val loss on the whole val split: {p.final_val_full:.4f}")
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.out_dir, model=self.raw_model, optimizer=self.optimizer,
+                        scaler=self.scaler, step=self.progress.step,
+                        best_val_loss=self.progress.best_val, config=self.config,
+                        device=self.env.device, is_main=self.env.is_main,
+                        consolidate=self.cfg.train.zero and self.env.enabled)
+
+    def write_summary(self, status: str, error: str | None = None) -> dict:
+        summary = finish(self.progress, status, self.task, self.raw_model, self.env, error)
+        if self.logger:
+            summary.write(self.out_dir)
+            self.logger.finish(summary)
+            self.log(f"{status}: " + ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()
+                                               if v is not None))
+        return summary.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,8 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         for group, choices in config_groups().items():
             if group != "sweep":  # sweep presets belong to sweep.py
                 print(f"  {group}: {', '.join(choices)}")
+        print("model=gpt2, gpt2-medium, gpt2-large also set GPT-2's training shape: "
+              "train.block_size=1024, train.batch_size=12, train.grad_accum_steps=40 "
+              "(command-line values of these keys still win).")
         return 0
+    if argv and argv[0] == "--cfg":   # Hydra's `--cfg job`: print the checked config, run nothing
+        rest = argv[2:] if len(argv) > 1 and argv[1] in ("job", "all") else argv[1:]
+        return run_cli(lambda: print_config(rest))
     return run_cli(lambda: run(load_config(argv)))
+
+
+def print_config(overrides: list[str]) -> None:
+    from omegaconf import OmegaConf
+    cfg = load_config(overrides)
+    to_object(cfg)   # every key checked, as a run would
+    print(OmegaConf.to_yaml(cfg), end="")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class RunConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     dtype: str = "float32"               # float32 | bfloat16 | float16 (autocast)
     compile: bool = False
+    tf32: bool = True                    # CUDA float32 matmuls in TF32 (nanoGPT); false: full fp32
     threads: int = 0                     # torch CPU threads; 0 leaves torch's default
     backend: str = "auto"                # torch.distributed backend: auto | gloo | nccl
 

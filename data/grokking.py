@@ -67,20 +67,22 @@ class GrokkingTask:
         self.train_size = n_train
 
     def get_batch(self, split: str, batch_size: int, *, step: int, micro_step: int = 0,
-                  rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  rank: int = 0, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """A random minibatch without replacement, the same for the same (seed, split, step,
         micro_step, rank); the whole split (full batch) when batch_size covers it."""
         x, y = self.data[split]
-        if batch_size >= len(x):
-            return x, y
-        g = _generator(self.seed, SPLITS.index(split), step, micro_step, rank)
-        idx = torch.randperm(len(x), generator=g)[:batch_size]
-        return x[idx], y[idx]
+        if batch_size < len(x):
+            g = _generator(self.seed, SPLITS.index(split), step, micro_step, rank)
+            idx = torch.randperm(len(x), generator=g)[:batch_size]
+            x, y = x[idx], y[idx]
+        return x.to(device), y.to(device)
 
     @torch.no_grad()
-    def evaluate(self, model, *, batch_size: int, eval_iters: int, device, autocast) -> dict:
+    def evaluate(self, model, *, batch_size: int, eval_iters: int, device, autocast,
+                 rank: int = 0, world: int = 1, reduce=None) -> dict:
         """Loss and accuracy on the answers of the WHOLE train and val sets (a few thousand
-        sequences of 4 tokens: exact and cheap, so eval_iters and batch_size are not used)."""
+        sequences of 4 tokens: exact and cheap, so every rank does all of it, and eval_iters
+        and batch_size are not used)."""
         was_training = model.training
         model.eval()
         out = {}

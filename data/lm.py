@@ -24,6 +24,15 @@ def generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
+def split_windows(windows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of (batch, block_size + 1) token windows, on `device`. For a GPU the
+    contiguous windows are pinned and copied once, asynchronously, and sliced there; a CPU run
+    never pins (which would create a CUDA context on a GPU host)."""
+    if str(device).startswith("cuda"):
+        windows = windows.pin_memory().to(device, non_blocking=True)
+    return windows[:, :-1], windows[:, 1:]
+
+
 class LMTask:
     """The Task (data/task.py) of next-token prediction on a prepared dataset."""
 
@@ -48,33 +57,38 @@ class LMTask:
                                 f"but the {split} split of {data_cfg.name} has {meta['tokens'][split]}; "
                                 "use a smaller train.block_size or more data")
 
-    def _batch(self, split: str, batch_size: int, g: torch.Generator):
+    def _batch(self, split: str, batch_size: int, g: torch.Generator, device="cpu"):
         # Re-open the memmap each batch: a long-lived one grows the process's memory (nanoGPT).
         data = np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
         start = torch.randint(len(data) - self.block_size, (batch_size,), generator=g).numpy()
         windows = torch.from_numpy(data[start[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
-        x, y = windows[:, :-1], windows[:, 1:]
-        if torch.cuda.is_available():  # lets .to(device, non_blocking=True) overlap the copy
-            x, y = x.pin_memory(), y.pin_memory()
-        return x, y
+        return split_windows(windows, device)
 
     def get_batch(self, split: str, batch_size: int, *, step: int, micro_step: int = 0,
-                  rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._batch(split, batch_size, generator(self.seed, split, step, micro_step, rank))
+                  rank: int = 0, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch(split, batch_size, generator(self.seed, split, step, micro_step, rank),
+                           device)
 
     @torch.no_grad()
-    def evaluate(self, model, *, batch_size: int, eval_iters: int, device, autocast) -> dict[str, float]:
+    def evaluate(self, model, *, batch_size: int, eval_iters: int, device, autocast,
+                 rank: int = 0, world: int = 1, reduce=None) -> dict[str, float]:
+        """The mean loss of eval_iters fixed batches per split. Rank r of `world` evaluates
+        batches r, r + world, ...; `reduce` (an all-reduce sum) fills in the others' losses, so
+        every rank gets the one-process mean. One host sync per split."""
         was_training = model.training
         model.eval()
         try:
             out = {}
             for split in SPLITS:
-                losses = torch.zeros(eval_iters)
-                for k in range(eval_iters):
-                    x, y = self._batch(split, batch_size, generator(self.eval_seed, split, "eval", k))
+                losses = torch.zeros(eval_iters, device=device)
+                for k in range(rank, eval_iters, world):
+                    x, y = self._batch(split, batch_size, generator(self.eval_seed, split, "eval", k),
+                                       device)
                     with autocast():
-                        _, loss = model(x.to(device), y.to(device))
-                    losses[k] = loss.item()
+                        _, loss = model(x, y)
+                    losses[k] = loss
+                if reduce is not None:
+                    reduce(losses)
                 out[f"{split}/loss"] = losses.mean().item()
             return out
         finally:
@@ -103,8 +117,7 @@ class LMTask:
             total, count = 0.0, 0
             for i in range(0, len(starts), batch_size):
                 offsets = starts[i:i + batch_size, None] + np.arange(self.block_size + 1)
-                windows = torch.from_numpy(data[offsets].astype(np.int64))
-                x, y = windows[:, :-1].to(device), windows[:, 1:].to(device)
+                x, y = split_windows(torch.from_numpy(data[offsets].astype(np.int64)), device)
                 with autocast():
                     _, loss = model(x, y)
                 total += loss.item() * y.numel()

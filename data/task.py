@@ -15,12 +15,13 @@ class Task(Protocol):
     train_size: Optional[int]    # sequences in a finite train set (grokking), None for a stream
 
     def get_batch(self, split: str, batch_size: int, *, step: int, micro_step: int = 0,
-                  rank: int = 0):
-        """(x, y) token tensors of shape (batch, block_size)."""
+                  rank: int = 0, device="cpu"):
+        """(x, y) token tensors of shape (batch, block_size), on `device`."""
 
-    def evaluate(self, model, *, batch_size: int, eval_iters: int, device,
-                 autocast: Callable) -> dict[str, float]:
-        """{"train/loss", "val/loss", ...} of the model, in eval mode, without gradients."""
+    def evaluate(self, model, *, batch_size: int, eval_iters: int, device, autocast: Callable,
+                 rank: int = 0, world: int = 1, reduce: Optional[Callable] = None) -> dict[str, float]:
+        """{"train/loss", "val/loss", ...} of the model, in eval mode, without gradients; under
+        torchrun rank r may evaluate its share and `reduce` (an all-reduce sum) the rest."""
 
     # Optional: final_eval(model, *, batch_size, device, autocast, max_tokens, rank, world) ->
     # (sum of token losses, tokens) of this rank's share of the whole val split, for

@@ -98,11 +98,15 @@ class MatrixOptimizer(torch.optim.Optimizer):
         return torch.cat(parts)[:S] if parts else None
 
     def _transform(self, group: dict, X: Tensor) -> Tensor:
-        if self.world == 1:
+        """The transform of the whole stack. Across ranks: each transforms its rows, and the
+        results are gathered in the dtype that holds them exactly (bf16 for Newton-Schulz in
+        bf16), then cast back; an identity transform is not shared at all."""
+        if self.world == 1 or self.chain.identity(group):
             return self.chain.transform(group, X)
         k, lo, hi = self._rows(len(X))
         mine = self.chain.transform(group, X[lo:hi]) if hi > lo else X[lo:hi]
-        return self._gather_rows(mine, k, len(X))
+        dtype = self.chain.result_dtype(group, X)
+        return self._gather_rows(mine.to(dtype), k, len(X)).to(X.dtype)
 
     def _own_rows(self, group: dict) -> tuple[list[Tensor], list[tuple[Tensor, slice]], int, int]:
         """Every parameter of the group as a (-1, m, n) view; this rank's rows as (param, rows of

@@ -40,8 +40,9 @@ from optim.matrix import MatrixOptimizer
 from optim.params import (decay_groups, log_split, named_params, shape_groups, split_params,
                           summarize)
 from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball, namo_d_step,
-                         namo_step, orthogonalize_transform, rank_limited_transform,
-                         spectral_power_transform)
+                         namo_step, ns_result_dtype, orthogonalize_transform,
+                         rank_limited_transform, spectral_identity, spectral_power_transform,
+                         spectral_result_dtype)
 
 Builder = Callable[[torch.nn.Module, OptimizerConfig, Callable, bool], torch.optim.Optimizer]
 registry: dict[str, Builder] = {}
@@ -66,14 +67,30 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, log=print,
 
 # ---- helpers ------------------------------------------------------------------------------
 
+FUSABLE = (torch.optim.AdamW, torch.optim.Adam)
+
+
+def speed_flags(cls, cfg: OptimizerConfig, device_type: str) -> dict:
+    """foreach / fused as the config sets them, where the class takes them; unset, torch's
+    fused Adam(W) kernel on CUDA (one launch for all tensors; nanoGPT's choice)."""
+    accepted = inspect.signature(cls).parameters
+    flags = {f: getattr(cfg, f) for f in ("foreach", "fused")
+             if getattr(cfg, f) is not None and f in accepted}
+    if cls in FUSABLE and device_type == "cuda" and cfg.fused is None and not cfg.foreach:
+        flags["fused"] = True
+    return flags
+
+
+def _device_type(params) -> str:
+    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
+    return first.device.type
+
+
 def _construct(cls, params, cfg: OptimizerConfig, zero: bool = False,
                **kwargs) -> torch.optim.Optimizer:
-    """cls(params, **kwargs, **cfg.kwargs), with foreach/fused where the class takes them and
-    a library's argument errors turned into one UserError line; ZeRO-1 sharded with zero."""
-    accepted = inspect.signature(cls).parameters
-    for flag in ("foreach", "fused"):
-        if getattr(cfg, flag) is not None and flag in accepted:
-            kwargs[flag] = getattr(cfg, flag)
+    """cls(params, **kwargs, **cfg.kwargs), with speed_flags and a library's argument errors
+    turned into one UserError line; ZeRO-1 sharded with zero."""
+    kwargs.update(speed_flags(cls, cfg, _device_type(params)))
     kwargs.update(cfg.kwargs)
     try:
         if zero:  # imported here: torch.distributed.optim takes a second to import
@@ -95,10 +112,8 @@ def adamw_backup(vector, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW for the vector params (embeddings, tied head, LayerNorm, biases)."""
     lr = cfg.lr if cfg.vector_lr is None else cfg.vector_lr
     group = {"params": [p for _, p in vector], "base_lr": lr, "kind": "vector"}
-    kwargs = dict(lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.vector_weight_decay)
-    for flag in ("foreach", "fused"):
-        if getattr(cfg, flag) is not None:
-            kwargs[flag] = getattr(cfg, flag)
+    kwargs = dict(lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.vector_weight_decay,
+                  **speed_flags(torch.optim.AdamW, cfg, _device_type(group["params"])))
     return torch.optim.AdamW([group], **kwargs)
 
 
@@ -165,16 +180,16 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
 
 # Chain(precondition, transform, step size) and the family's shape scale (and power)
 for name, step_size in (("muon", fixed_step), ("namo", namo_step), ("namo_d", namo_d_step)):
-    registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size),
-                                    "moonlight")
+    registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size,
+                                          result_dtype=ns_result_dtype), "moonlight")
 registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_transform, fixed_step),
                                       "moonlight")
 SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power
 for suffix, p in SPECTRAL_SUFFIXES.items():
-    registry["adam" + suffix] = _chain_builder(
-        Chain(adam_normalize, spectral_power_transform, fixed_step), "none", p)
-    registry["msgd" + suffix] = _chain_builder(
-        Chain(heavy_ball, spectral_power_transform, fixed_step), "none", p)
+    for family, precondition in (("adam", adam_normalize), ("msgd", heavy_ball)):
+        registry[family + suffix] = _chain_builder(
+            Chain(precondition, spectral_power_transform, fixed_step, identity=spectral_identity,
+                  result_dtype=spectral_result_dtype), "none", p)
 
 
 # ---- library optimizers and any class by import path ----------------------------------------

@@ -166,11 +166,36 @@ def namo_d_step(group, grads, X, states):
 
 # ---- the chain and the update it ends in ---------------------------------------------------
 
+def never(group) -> bool:
+    return False
+
+
+def input_dtype(group, X: Tensor) -> torch.dtype:
+    return X.dtype
+
+
+def ns_result_dtype(group, X: Tensor) -> torch.dtype:
+    """Newton-Schulz computes (and ends) in ns_dtype, so its result is exact in that dtype:
+    what the distributed engine gathers (half the bytes of float32 for bf16)."""
+    return resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] == "newton_schulz" else X.dtype
+
+
+def spectral_identity(group) -> bool:
+    """p = 1: Psi_p is the identity, so there is nothing for the ranks to share."""
+    return group["power"] == 1
+
+
+def spectral_result_dtype(group, X: Tensor) -> torch.dtype:
+    return ns_result_dtype(group, X) if group["power"] == 0 else X.dtype
+
+
 @dataclass(frozen=True)
 class Chain:
     precondition: Callable   # (group, grads, states) -> list of (k, m, n) tensors
     transform: Callable      # (group, X: (S, m, n)) -> D: (S, m, n)
     step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or tensors
+    identity: Callable = never              # (group) -> the transform returns X as it is
+    result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
 
 
 def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int]) -> None:

@@ -9,6 +9,8 @@ p = 1 is X itself, p = 0 is the polar factor U Vᵀ (Muon's orthogonalization), 
 p = 1/2, 1/4 lie in between. The iterative paths use matmuls only (no SVD / eigh); the SVD
 paths are the exact references.
 """
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -67,6 +69,21 @@ def top_rank_polar(X: Tensor, rank: int) -> Tensor:
     return (U[..., :, :rank] @ Vh[..., :rank, :]).to(X.dtype)
 
 
+@contextmanager
+def full_fp32_matmuls(device: torch.device):
+    """float32 matmuls at full precision on CUDA (TF32 off) for the duration: the coupled
+    iterations square their errors and drift in TF32's 10-bit mantissa."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def inverse_root_coupled(A: Tensor, r: int, steps: int = 15, eps: float = 1e-6) -> Tensor:
     """A^(-1/r) of symmetric PSD matrices by the coupled Newton iteration (matmuls only).
 
@@ -87,10 +104,11 @@ def inverse_root_coupled(A: Tensor, r: int, steps: int = 15, eps: float = 1e-6) 
     z = (r + 1) / (2 * (1 + eps) * norm.clamp_min(1e-30))      # floor: zero A -> finite X
     M = z * A
     X = z.pow(1 / r) * I
-    for _ in range(steps):
-        T = ((r + 1) * I - M) / r
-        X = X @ T
-        M = torch.linalg.matrix_power(T, r) @ M
+    with full_fp32_matmuls(A.device):
+        for _ in range(steps):
+            T = ((r + 1) * I - M) / r
+            X = X @ T
+            M = torch.linalg.matrix_power(T, r) @ M
     return X.to(in_dtype)
 
 

@@ -55,8 +55,8 @@ def seeded_nanogpt(src: Path, dst: Path) -> Path:
     return dst
 
 
-def run_nanogpt(nano: Path, out: Path, seed: int, beta2: float) -> dict:
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
+def run_nanogpt(nano: Path, out: Path, seed: int, beta2: float, device: str) -> dict:
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", f"--device={device}",
            "--compile=False", "--eval_iters=20", "--log_interval=1", f"--block_size={BABY['block_size']}",
            f"--batch_size={BABY['batch_size']}", f"--n_layer={BABY['n_layer']}", f"--n_head={BABY['n_head']}",
            f"--n_embd={BABY['n_embd']}", f"--max_iters={BABY['max_iters']}",
@@ -70,8 +70,9 @@ def run_nanogpt(nano: Path, out: Path, seed: int, beta2: float) -> dict:
     return {"ms": statistics.median(times), "logged": float(val[-1]), "ckpt": out / "ckpt.pt"}
 
 
-def run_ours(text: Path, out: Path, seed: int, beta2: float) -> dict:
+def run_ours(text: Path, out: Path, seed: int, beta2: float, device: str) -> dict:
     cmd = [sys.executable, "train.py", "model=baby", "data=shakespeare_char", f"data.source={text}",
+           f"device={device}",
            "optimizer=adamw", "optimizer.lr=1e-3", f"optimizer.betas=[0.9,{beta2}]",
            f"train.batch_size={BABY['batch_size']}", f"train.block_size={BABY['block_size']}",
            f"train.max_iters={BABY['max_iters']}", f"seed={seed}", f"out_dir={out}", "overwrite=true"]
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     ap.add_argument("--beta2", type=float, nargs="+", default=[0.95, 0.99])
     ap.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temp dir)")
+    ap.add_argument("--device", default="cpu", help="the device of both trainings (cpu, cuda)")
     args = ap.parse_args()
     if not (args.nanogpt / "train.py").is_file():
         sys.exit(f"error: no train.py in --nanogpt {args.nanogpt}; pass a nanoGPT checkout")
@@ -134,8 +136,8 @@ def main() -> None:
     rows = []
     for beta2 in args.beta2:
         for seed in args.seeds:
-            n = run_nanogpt(nano, work / f"nano_b{beta2}_s{seed}", seed, beta2)
-            o = run_ours(args.text, work / f"ours_b{beta2}_s{seed}", seed, beta2)
+            n = run_nanogpt(nano, work / f"nano_b{beta2}_s{seed}", seed, beta2, args.device)
+            o = run_ours(args.text, work / f"ours_b{beta2}_s{seed}", seed, beta2, args.device)
             for r in (n, o):
                 r["full"] = full_val_loss(load_model(r["ckpt"], nano_model), char_dir / "val.bin")
             rows.append((beta2, n, o))

@@ -179,6 +179,7 @@ class Plan:
     launch: list             # how runs are launched and logged (launch_overrides)
     wandb: bool              # runs log to W&B
     max_iters: int = 0       # train.max_iters of the setup (the baseline budgets multiply it)
+    device: str = "auto"     # the runs' device (a device=cpu sweep reserves no GPUs)
 
 
 def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
@@ -191,4 +192,4 @@ def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
     first = validate_points(points, launch, cfg.path / "runs")
     wandb = bool(first.wandb.enabled)
     return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb,
-                int(first.train.max_iters))
+                int(first.train.max_iters), str(first.device))

@@ -118,14 +118,15 @@ def log_error(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # Running
 
-def resources(cfg) -> tuple[list[str], int]:
-    """(GPU ids to hand out, CPU threads per process); refuses more at once than there is."""
+def resources(cfg, run_device: str = "auto") -> tuple[list[str], int]:
+    """(GPU ids to hand out, CPU threads per process); refuses more at once than there is.
+    Runs on device=cpu get no GPUs (and no CUDA_VISIBLE_DEVICES), even on a GPU host."""
     import torch
 
     cores = len(os.sched_getaffinity(0))
     at_once = cfg.jobs * cfg.nproc_per_run
     gpus = []
-    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+    if run_device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 0:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = (visible.split(",") if visible else
                 [str(i) for i in range(torch.cuda.device_count())])[:torch.cuda.device_count()]

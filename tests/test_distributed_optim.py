@@ -4,6 +4,7 @@ every step; ZeRO-1 shards state and its checkpoints load at any world size; bad 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import faulthandler
 import json
 from pathlib import Path
@@ -15,7 +16,6 @@ import torch.multiprocessing as mp
 
 from configs.errors import UserError
 from optim import OptimizerConfig, build_optimizer
-from optim.rules import Chain
 from trainer.distributed import exit_rank
 
 from runs import launch, train_losses, why
@@ -69,7 +69,7 @@ def counting(opt) -> list:
     def transform(group, X):
         calls.append((group["matrix_shape"], len(X)))
         return chain.transform(group, X)
-    opt.parts["matrix"].chain = Chain(chain.precondition, transform, chain.step_size)
+    opt.parts["matrix"].chain = dataclasses.replace(chain, transform=transform)
     return calls
 
 
@@ -122,6 +122,35 @@ def _shared_transforms_match_one_process(rank, world, steps):
 
 def test_shared_transforms_match_one_process(tmp_path):
     spawn(tmp_path, _shared_transforms_match_one_process, 3)
+
+
+def _gathers_in_the_result_dtype(rank, world):
+    """Newton-Schulz in bf16: the ranks' results are gathered as bf16 (half the bytes), and an
+    identity transform (p = 1) is not gathered at all; the parameters still equal one
+    process's, bit for bit, on every rank."""
+    for name, overrides, want in (("muon", {"ns_dtype": "bfloat16"}, {torch.bfloat16}),
+                                  ("msgdz", {"ns_dtype": "bfloat16"}, {torch.bfloat16}),
+                                  ("adamq", {}, {torch.float32}),
+                                  ("adam", {}, set()), ("msgd", {}, set())):
+        model, ref = Matrices(), Matrices()
+        opt = build_optimizer(model, config(name, **overrides), log=quiet)
+        ref_opt = build_optimizer(ref, config(name, distributed=False, **overrides), log=quiet)
+        engine, gathered = opt.parts["matrix"], []
+        gather = engine._gather_rows
+        engine._gather_rows = lambda mine, *a, **k: gathered.append(mine.dtype) or gather(mine, *a, **k)
+        for step in range(2):
+            set_grads(model, seed=step)
+            set_grads(ref, seed=step)
+            opt.step()
+            ref_opt.step()
+        assert set(gathered) == want, (name, gathered)
+        assert_same_on_every_rank(model, name)
+        for p, q in zip(model.parameters(), ref.parameters()):
+            assert torch.equal(p, q), f"{name}: differs from one process"
+
+
+def test_gathers_in_the_result_dtype(tmp_path):
+    spawn(tmp_path, _gathers_in_the_result_dtype)
 
 
 # ---- 2. ZeRO-1 for the matrix chains: sharded state, portable checkpoints ----------------------

@@ -44,6 +44,8 @@ def setup(device: str, backend: str = "auto", timeout_s: int = 600) -> DistEnv:
     device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
+        if device.startswith("cuda:"):  # kernels, autocast and empty_cache act on this one
+            torch.cuda.set_device(device)
         return DistEnv(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "auto":

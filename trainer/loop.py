@@ -30,8 +30,7 @@ class Progress:
     diverged_at: Optional[int] = None
     final_val_full: Optional[float] = None            # final_eval's loss
     wall0: float = field(default_factory=time.time)
-    train_time: float = 0.0
-    timed_tokens: int = 0
+    tokens_per_s: Optional[float] = None              # of the timed steps (StepTimer)
 
     def eval_record(self, metrics: dict) -> dict:
         self.best_val = min(self.best_val, metrics["val/loss"])
@@ -41,18 +40,16 @@ class Progress:
         self.history.append(record)
         return record
 
-    def step_done(self, seconds: float) -> None:
-        self.step += 1
-        self.train_time += seconds
-        self.timed_tokens += self.tokens_per_step
-
-    def train_record(self, lr: float, train_loss: float, seconds: float,
-                     mfu: Optional[float]) -> dict:
+    def train_record(self, lr: float, train_loss: float, seconds: float, steps: int,
+                     peak_flops_per_s: Optional[float], flops_per_step: float) -> dict:
+        """A log event: the step's loss, and the speed over the steps timed since the last."""
         rec = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": lr,
-               "train/loss": train_loss, "tokens_per_s": round(self.tokens_per_step / seconds, 1),
-               "ms_per_step": round(1000 * seconds, 2), "time_s": round(time.time() - self.wall0, 3)}
-        if mfu is not None:
-            rec["mfu"] = mfu
+               "train/loss": train_loss, "time_s": round(time.time() - self.wall0, 3)}
+        if steps and seconds > 0:
+            rec["tokens_per_s"] = round(self.tokens_per_step * steps / seconds, 1)
+            rec["ms_per_step"] = round(1000 * seconds / steps, 2)
+            if peak_flops_per_s:
+                rec["mfu"] = flops_per_step * steps / seconds / peak_flops_per_s
         return rec
 
     def summary(self, status: str, task_summary: dict, error: Optional[str] = None) -> RunSummary:
@@ -63,7 +60,7 @@ class Progress:
             best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
             steps=self.step, tokens=self.step * self.tokens_per_step,
             wall_s=round(time.time() - self.wall0, 2),
-            tokens_per_s=round(self.timed_tokens / self.train_time, 1) if self.train_time else None,
+            tokens_per_s=self.tokens_per_s,
             diverged_at_step=self.diverged_at, error=error, extra=dict(task_summary))
 
 
@@ -76,23 +73,91 @@ def set_lr(optimizer, step: int, t) -> None:
 
 
 def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: int,
-                     env: DistEnv, autocast) -> float:
+                     env: DistEnv, autocast) -> torch.Tensor:
     """Gradients of one step's `accum` micro-batches on this rank; returns the step's train
-    loss averaged over micro-batches and ranks (every rank gets the same number)."""
-    loss_sum = 0.0
+    loss averaged over micro-batches and ranks, as a float64 scalar on the device (every rank
+    gets the same number). Nothing here waits for the device: read the loss when it is needed."""
+    loss_sum = None
     for micro in range(accum):
         # Windows are indexed by the global micro-batch, so N processes with accum/N
         # micro-steps see exactly the batches of one process with accum micro-steps.
-        x, y = task.get_batch("train", batch_size, step=step, micro_step=env.rank * accum + micro)
-        x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+        x, y = task.get_batch("train", batch_size, step=step, micro_step=env.rank * accum + micro,
+                              device=env.device)
         if env.enabled:  # sync gradients only on the last micro-step
             model.require_backward_grad_sync = micro == accum - 1
         with autocast():
             _, loss = model(x, y)
         scaler.scale(loss / accum).backward()
-        loss_sum += loss.detach()
-    (train_loss,) = all_mean([float(loss_sum) / accum], env)
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    train_loss = loss_sum.double() / accum
+    if env.enabled:
+        torch.distributed.all_reduce(train_loss)
+        train_loss /= env.world_size
     return train_loss
+
+
+class DivergenceWatch:
+    """The first step whose train loss was non-finite or above the limit, kept on the device
+    (no sync per step) and read when the loop looks (at log points, before an evaluation or a
+    checkpoint): a diverged run still ends with its exact diverged_at_step."""
+
+    def __init__(self, limit: float, device: str):
+        self.limit = limit
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss) | (loss > self.limit)
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+
+    def read(self, loss: torch.Tensor) -> tuple[Optional[int], float]:
+        """(the 1-based step that diverged or None, the loss as a float): one host sync."""
+        first, value = torch.stack([self.first.double(), loss.double()]).tolist()
+        return (None if first < 0 else int(first) + 1), value
+
+
+class StepTimer:
+    """Wall time of the training steps alone, in windows that end with a device sync (CUDA
+    runs asynchronously, so one step's host time means nothing there). Evaluations and
+    checkpoints are paused out; the first step of a process (torch.compile, warm-up) is not
+    counted."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.seconds = self.steps = 0          # over the run, for summary.json's tokens_per_s
+        self.window_s, self.window_steps, self.t0 = 0.0, 0, None
+        self.warm = False
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.time()
+
+    def resume(self) -> None:
+        if self.warm and self.t0 is None:
+            self.t0 = self._now()
+
+    def pause(self) -> None:
+        if self.t0 is not None:
+            self.window_s += self._now() - self.t0
+            self.t0 = None
+
+    def step_done(self) -> None:
+        if not self.warm:   # the first step: start timing after it
+            self.warm = True
+            self.t0 = self._now()
+            return
+        self.window_steps += 1
+
+    def window(self) -> tuple[float, int]:
+        """(seconds, steps) since the last call; the timing goes on."""
+        running = self.t0 is not None
+        self.pause()
+        out = (self.window_s, self.window_steps)
+        self.seconds, self.steps = self.seconds + out[0], self.steps + out[1]
+        self.window_s, self.window_steps = 0.0, 0
+        if running:
+            self.resume()
+        return out
 
 
 def optimizer_step(raw_model, optimizer, scaler, grad_clip: float) -> None:
@@ -105,9 +170,12 @@ def optimizer_step(raw_model, optimizer, scaler, grad_clip: float) -> None:
 
 
 def evaluate(task, raw_model, t, env: DistEnv, autocast) -> dict[str, float]:
-    """The task's eval metrics, averaged over ranks."""
+    """The task's eval metrics; under torchrun each rank evaluates its share of the batches
+    and `reduce` sums the per-batch losses over ranks, so the mean is the one-process mean."""
+    reduce = torch.distributed.all_reduce if env.enabled else None
     metrics = task.evaluate(raw_model, batch_size=t.batch_size, eval_iters=t.eval_iters,
-                            device=env.device, autocast=autocast)
+                            device=env.device, autocast=autocast, rank=env.rank,
+                            world=env.world_size, reduce=reduce)
     keys = sorted(metrics)
     return dict(zip(keys, all_mean([metrics[k] for k in keys], env)))
 
