@@ -17,14 +17,16 @@ from typing import Any, Dict, List, Optional
 from configs.errors import UserError
 
 # Fields that route parameters or configure a builder, never read by a chain link.
-ROUTING = ("name", "vector_lr", "vector_weight_decay", "distributed", "split_qkv", "qkv_patterns",
-           "matrix_patterns", "vector_patterns", "target", "kwargs", "split", "foreach", "fused")
+ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "distributed", "split_qkv",
+           "qkv_patterns", "matrix_patterns", "vector_patterns", "target", "kwargs", "split",
+           "foreach", "fused")
 POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
 NS_DTYPES = ("bfloat16", "float32", "float16")      # torch dtype names; "auto" picks per device
 CHOICES = {"decay_style": ("adaptive", "decoupled"),
            "ns": ("newton_schulz", "svd"),
            "scale": (None, "moonlight", "original", "none"),
-           "ns_dtype": ("auto", *NS_DTYPES)}
+           "ns_dtype": ("auto", *NS_DTYPES),
+           "route": ("patterns", "all_2d")}
 
 
 @dataclass
@@ -39,7 +41,7 @@ class OptimizerConfig:
     momentum: float = 0.95
     nesterov: bool = True
     mu2: float = 0.99                    # NAMO: second-moment decay of the gradient norm
-    clamp_c: float = 0.1                 # NAMO-D: per-column scales clamped to [c, 1/c] x mean
+    clamp_c: float = 0.1                 # NAMO-D: per-column scales clamped to [c, 1/c] x mean; 0: no clamp
     decay_style: str = "adaptive"        # NAMO: adaptive | decoupled
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
     ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd
@@ -53,6 +55,11 @@ class OptimizerConfig:
     distributed: bool = True             # torchrun: each rank transforms its share of the matrices
     split_qkv: bool = False              # treat packed q, k, v as three matrices
     qkv_patterns: List[str] = field(default_factory=lambda: ["*c_attn.weight"])  # what is packed
+    # Which tensors the matrix chain updates. patterns: 2-D, untied, matching matrix_patterns and
+    # no vector_patterns (the hidden weights; embeddings and the tied head go to the AdamW
+    # backup). all_2d: every tensor with >= 2 dims, the tied embedding/head and the position
+    # embedding included (the spectral paper's published GPT-2 setup); 1-D ones to the backup.
+    route: str = "patterns"
     matrix_patterns: List[str] = field(default_factory=lambda: ["*"])   # glob on param names
     vector_patterns: List[str] = field(default_factory=lambda: ["*wte*", "*wpe*", "*lm_head*"])
     target: Optional[str] = None         # external: import path of an optimizer class
@@ -71,8 +78,8 @@ class OptimizerConfig:
                 bad(key, "must be positive")
         if self.vector_lr is not None and self.vector_lr < 0:
             bad("vector_lr", "must be >= 0 (or null: the same as optimizer.lr)")
-        if not 0 < self.clamp_c <= 1:
-            bad("clamp_c", "must be in (0, 1]")
+        if not 0 <= self.clamp_c <= 1:
+            bad("clamp_c", "must be in [0, 1] (0: no clamp)")
         if self.power is not None and self.power not in POWERS:
             bad("power", "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
         if self.rank is not None and self.rank < 1:

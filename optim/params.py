@@ -30,10 +30,14 @@ def named_params(model: torch.nn.Module) -> tuple[list[tuple[str, torch.Tensor]]
 
 
 def split_params(model: torch.nn.Module, cfg):
-    """(matrix, vector) lists of (name, param). A parameter is a matrix when it is 2-D, every
-    name it has matches a matrix pattern, none matches a vector pattern, and it is not shared
-    between modules (a tied embedding/head weight always goes to the vector side, once)."""
+    """(matrix, vector) lists of (name, param), each tensor once. optimizer.route=patterns: a
+    parameter is a matrix when it is 2-D, every name it has matches a matrix pattern, none
+    matches a vector pattern, and it is not shared between modules (a tied embedding/head
+    weight goes to the vector side). route=all_2d: every tensor with >= 2 dims is a matrix, a
+    tied one too (one tensor: routed once, updated once)."""
     named, aliases = named_params(model)
+    if cfg.route == "all_2d":
+        return [(n, p) for n, p in named if p.ndim >= 2], [(n, p) for n, p in named if p.ndim < 2]
     matrix, vector = [], []
     for name, p in named:
         names = aliases[id(p)]

@@ -148,8 +148,9 @@ def namo_step(group, grads, X, states):
 
 def namo_d_step(group, grads, X, states):
     """NAMO-D: per column j, V_j <- mu2 V_j + (1 - mu2) ||G[:, j]||^2, d_j = ||M[:, j]|| /
-    (sqrt(V_j) + eps) clamped to [c mean(d), mean(d) / c]; eta_j = min(d_j lr_t s, 1),
-    rho_j = 1 - wd min(d_j lr_t, 1) (adaptive) or 1 - lr_t wd (decoupled)."""
+    (sqrt(V_j) + eps) clamped to [c mean(d), mean(d) / c] (c = 0: not clamped, as the published
+    class reads it); eta_j = min(d_j lr_t s, 1), rho_j = 1 - wd min(d_j lr_t, 1) (adaptive) or
+    1 - lr_t wd (decoupled)."""
     lr_t, blocks, c = _namo_lr(group, states[0]["step"]), [len(g) for g in grads], group["clamp_c"]
     G = torch.cat(grads).float()
     V = _zeros(states, "col_grad_norm_sq", [(k, G.shape[2]) for k in blocks], G)
@@ -157,7 +158,9 @@ def namo_d_step(group, grads, X, states):
     torch._foreach_lerp_(V, list(col_norm_sq.split(blocks)), 1 - group["mu2"])
     d = torch.linalg.vector_norm(X.float(), dim=1) / (torch.cat(V).sqrt() + group["eps"])
     mean = d.mean(dim=1, keepdim=True)
-    d = torch.minimum(torch.maximum(d, c * mean), mean / c).unsqueeze(1)            # (S, 1, n)
+    if c > 0:
+        d = torch.minimum(torch.maximum(d, c * mean), mean / c)
+    d = d.unsqueeze(1)                                                               # (S, 1, n)
     eta = (d * (lr_t * shape_scale(group["scale"], *group["matrix_shape"]))).clamp(max=1.0)
     if group["decay_style"] == "adaptive":
         return eta, 1 - group["weight_decay"] * (d * lr_t).clamp(max=1.0)

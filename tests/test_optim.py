@@ -169,7 +169,7 @@ def test_namo_is_muon_direction_with_adaptive_size():
             assert c == pytest.approx(min(alpha.item() * s, 1.0) / (lr * s), rel=1e-4)
 
 
-@pytest.mark.parametrize("clamp_c", [1.0, 0.3])
+@pytest.mark.parametrize("clamp_c", [1.0, 0.3, 0.0])
 def test_namo_d_column_scales(clamp_c):
     lr, mu, mu2, eps = 0.005, 0.95, 0.99, 1e-8
     grads = random_grads(Matrices(SHAPES).parameters(), 4, seed=4)
@@ -189,7 +189,8 @@ def test_namo_d_column_scales(clamp_c):
             V = mu2 * V + (1 - mu2) * G.norm(dim=0) ** 2
             lr_t = lr * math.sqrt(1 - mu2 ** t) / (1 - mu ** t)
             d = M.norm(dim=0) / (V.sqrt() + eps)
-            d = d.clamp(clamp_c * d.mean(), d.mean() / clamp_c)
+            if clamp_c > 0:   # 0: every column keeps its own scale, however far from the mean
+                d = d.clamp(clamp_c * d.mean(), d.mean() / clamp_c)
             want = (d * lr_t * s).clamp(max=1.0) / (lr * s)
             got = torch.tensor([ratio_to(u[:, j], u_muon[:, j]) for j in range(shape[1])])
             torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=0)
@@ -341,7 +342,7 @@ def test_every_name_trains_tiny(name, small_text):
     (dict(name="adamq", power=0.3), "power"),
     (dict(name="muon_svd", rank=0), "rank"),
     (dict(name="muon_svd", rank=65), "rank"),              # tiny's smallest matrix is 64 x 64
-    (dict(name="namo_d", clamp_c=0.0), "clamp_c"),
+    (dict(name="namo_d", clamp_c=-0.1), "clamp_c"),
     (dict(name="namo_d", clamp_c=1.5), "clamp_c"),
     (dict(name="muon", lr=-1e-3), "optimizer.lr"),
     (dict(name="muon", lr=0.0), "optimizer.lr=0.0 must be positive"),
@@ -366,7 +367,7 @@ def test_bad_input(overrides, needle):
 def test_bad_override_is_one_line_when_the_config_is_built():
     with pytest.raises(UserError) as err:
         to_object(load_config(["optimizer.clamp_c=2"]))
-    assert str(err.value) == "optimizer.clamp_c=2.0 must be in (0, 1]"
+    assert str(err.value) == "optimizer.clamp_c=2.0 must be in [0, 1] (0: no clamp)"
 
 
 def test_unknown_name_lists_registry():
@@ -447,3 +448,66 @@ def test_adamw_decays_matrices_only():
     for group in opt.param_groups:
         assert "base_lr" in group
         assert all((p.ndim >= 2) == (group["weight_decay"] > 0) for p in group["params"])
+
+
+# ---- the published spectral setup: every tensor with >= 2 dims on the matrix chain -------------
+
+def newton_schulz64(X, steps, eps=1e-7):
+    """The quintic Newton-Schulz iteration from its equations, in float64: X0 = X / (||X||_F +
+    eps) on the wide side, X <- a X + (b A + c A^2) X with A = X X^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = X.shape[0] > X.shape[1]
+    Y = X.T if tall else X
+    Y = Y / (Y.norm() + eps)
+    for _ in range(steps):
+        A = Y @ Y.T
+        Y = a * Y + (b * A + c * A @ A) @ Y
+    return Y.T if tall else Y
+
+
+def blocks_of(name, p):
+    """A packed (3C, C) q/k/v weight is three matrices."""
+    return 3 if name.endswith("c_attn.weight") else 1
+
+
+@pytest.mark.parametrize("name,p", FAMILY)
+def test_all_2d_route_first_update_equals_float64_reference(name, p):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=100))
+    # lr large enough that float32 parameters resolve the update (heavy-ball momentum is G itself)
+    lr, eps, steps = (1e-3 if name.startswith("adam") else 1.0), 1e-8, 15
+    scale = "original" if p == 0 else "none"
+    cfg = OptimizerConfig(name=name, lr=lr, vector_lr=1e-3, weight_decay=0.0, eps=eps,
+                          route="all_2d", split_qkv=True, scale=scale, ns_steps=steps,
+                          ns_dtype="float32")
+    opt = build_optimizer(model, cfg, log=quiet)
+    wte = model.transformer.wte.weight
+    in_groups = [q for g in opt.param_groups for q in g["params"]]
+    assert sum(q is wte for q in in_groups) == 1                     # the tied weight, once
+    matrix = {id(q) for g in opt.param_groups if g["kind"] == "matrix" for q in g["params"]}
+    assert id(wte) in matrix and id(model.transformer.wpe.weight) in matrix
+    # Gaussian gradients: a real loss's embedding gradient has exactly null directions (unused
+    # and padded vocabulary rows, softmax rows summing to 0), which 15 Newton-Schulz steps blow up
+    # from rounding noise (3.4^15 x 1e-9 ~ 1), so float32 and float64 would differ there by design.
+    g = torch.Generator().manual_seed(1)
+    for q in model.parameters():
+        q.grad = 0.01 * torch.randn(q.shape, generator=g)
+    before = {n: q.detach().clone() for n, q in model.named_parameters()}
+    grads = {n: q.grad.detach().double() for n, q in model.named_parameters()}
+    opt.step()
+    for n, q in model.named_parameters():
+        if q.ndim < 2:
+            continue
+        k = blocks_of(n, q)
+        wants = []
+        for G in grads[n].chunk(k):
+            X = G / (G.abs() + eps) if name.startswith("adam") else G      # t = 1
+            m, nn = X.shape
+            D = newton_schulz64(X, steps) * math.sqrt(max(1.0, m / nn)) if p == 0 else psi(X, p)
+            wants.append(-lr * D)
+        got = (q.detach() - before[n]).double()
+        # p = 1, 0: float32 against float64 (< 1e-4). p = 1/2, 1/4: the coupled iteration's own
+        # convergence on these nearly singular sign-like matrices (Adam's first step is G / |G|),
+        # about 1e-3..1e-2, the size the issue measured for the published iteration too.
+        tol = 1e-4 if p in (0, 1) else 2e-2
+        assert rel(got, torch.cat(wants)) < tol, (n, rel(got, torch.cat(wants)))
