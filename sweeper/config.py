@@ -4,6 +4,7 @@ the Metric of each `sweep.metric` (METRICS). Torch-free: configs/schema.py impor
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,21 @@ class Metric:
                         else "(the worst optimizer's best final loss)") for line in self.notes]
 
 
+GROKKING_STEP = Metric(
+        name="grokking_step", label="grokking step", axis_label="grokking step", unit="steps",
+        digits=0, bad="did not grok", bad_short="no grok", bad_marks="did not grok / diverged",
+        relative_tolerance=True,
+        definition="Metric: the step at which validation accuracy reached the threshold "
+                   "(grokking_step), mean ± std over the seeds that grokked (n). A learning rate "
+                   "where some run diverged or did not grok ranks behind one where all grokked.",
+        stable_when="every run grokked with a mean grokking step", notes=(),
+        columns=(("reached_at_best", "grokked at best lr"), ("reached_all", "grokked, all lrs")),
+        has_target=False,
+        x_key="step", series=(Series("val/acc"), Series("train/acc", ":", labelled=False)),
+        x_label="step", y_label="accuracy (val solid, train dotted)",
+        x_scale=("symlog", (("linthresh", 100),)), resolve=25.0)
+
+
 METRICS: Dict[str, Metric] = {m.name: m for m in (
     Metric(
         name="final_val_loss", label="final val loss", axis_label="final validation loss",
@@ -96,19 +112,15 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
         has_target=True,
         x_key="tokens", series=(Series("val/loss"),), x_label="tokens", y_label="validation loss",
         sources=("final_val_loss_full", "final_val_loss"), resolve=0.005),
-    Metric(
-        name="grokking_step", label="grokking step", axis_label="grokking step", unit="steps",
-        digits=0, bad="did not grok", bad_short="no grok", bad_marks="did not grok / diverged",
-        relative_tolerance=True,
-        definition="Metric: the step at which validation accuracy reached the threshold "
-                   "(grokking_step), mean ± std over the seeds that grokked (n). A learning rate "
-                   "where some run diverged or did not grok ranks behind one where all grokked.",
-        stable_when="every run grokked with a mean grokking step", notes=(),
-        columns=(("reached_at_best", "grokked at best lr"), ("reached_all", "grokked, all lrs")),
-        has_target=False,
-        x_key="step", series=(Series("val/acc"), Series("train/acc", ":", labelled=False)),
-        x_label="step", y_label="accuracy (val solid, train dotted)",
-        x_scale=("symlog", (("linthresh", 100),)), resolve=25.0),
+    GROKKING_STEP,
+    # The same in tokens (step x batch x 4): what a batch-size comparison needs.
+    dataclasses.replace(
+        GROKKING_STEP, name="grokking_tokens", label="tokens to grok", axis_label="tokens to grok",
+        unit="tokens", definition="Metric: the tokens seen when validation accuracy reached the "
+        "threshold (grokking_tokens), mean ± std over the seeds that grokked (n). A learning rate "
+        "where some run diverged or did not grok ranks behind one where all grokked.",
+        stable_when="every run grokked with mean tokens", x_key="tokens", x_label="tokens",
+        resolve=50_000.0),
 )}
 
 
@@ -127,7 +139,7 @@ class SweepConfig:
     overrides: List[str] = field(default_factory=list)               # train.py overrides of the setup
     target_loss: Optional[float] = None  # tokens-to-target; None = the worst optimizer's best loss
     tolerance: float = 0.05              # stable range: within this of the best (relative for grokking_step)
-    metric: str = "final_val_loss"       # final_val_loss | grokking_step
+    metric: str = "final_val_loss"       # final_val_loss | grokking_step | grokking_tokens
     # Held-out seeds (stage 2): each curve's stage-1 best lr x these seeds (disjoint from
     # `seeds`); the verdicts and speedups use them only. Empty: one stage, scored on `seeds`.
     confirm_seeds: List[int] = field(default_factory=list)
