@@ -102,7 +102,8 @@ def test_cli_lrs_replace_preset_grids_and_grid_axes():
     ("cpu_ordering", ["sweep=cpu_ordering", "sweep.seeds=[0,1]",
                       "data.source=../shared/data/tinyshakespeare.txt"],
      ("model.bias=true", "model.pad_vocab_to=64")),
-    ("grokking/grok_optimizers", ["sweep=grok_optimizers"], ()),
+    ("grokking/grok_optimizers", ["sweep=grok_optimizers", "sweep.lrs=[1e-3,3e-3]",
+                                  "sweep.confirm_seeds=[]", "sweep.max_extend=0"], ()),
     ("grokking/grok_rank", ["sweep=grok_rank", "sweep.seeds=[0,1]"], ()),
 ])
 def test_committed_run_ids(study, args, drop):
