@@ -80,12 +80,13 @@ class Paired:
         if self.decided:
             better, worse = (self.a, self.b) if self.mean < 0 else (self.b, self.a)
             return f"{better} better than {worse}: {diff}, {ci}"
-        need = seeds_to_resolve(self.std, resolve if resolve is not None else self.mean)
-        size = resolve if resolve is not None else abs(self.mean)
+        parts = []
+        for size in dict.fromkeys([s for s in (resolve, abs(self.mean)) if s]):
+            need = seeds_to_resolve(self.std, size)
+            parts.append(f"{size:.{digits}f} {unit}: {'more than 10000' if need is None else need} seeds")
         return (f"tie at this budget: {diff}, {ci}; resolvable here: differences beyond "
-                f"{self.half_width:.{digits}f} {unit}; resolving {size:.{digits}f} {unit} takes "
-                f"{'more than 10000' if need is None else need} seeds at the measured std "
-                f"{self.std:.{digits}f}")
+                f"{self.half_width:.{digits}f} {unit}; at the measured std {self.std:.{digits}f} "
+                f"of the differences, resolving " + " / ".join(parts))
 
 
 def bootstrap_interval(diffs: np.ndarray, confidence: float = CONFIDENCE,
