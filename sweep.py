@@ -24,6 +24,8 @@ once, each on its own GPUs (CUDA_VISIBLE_DEVICES) or its share of the CPU cores 
 Re-running the same command resumes: completed and diverged runs are kept, the others (never
 started, interrupted, failed) are launched with resume=true. A lock held while a run's process
 lives keeps a run left behind by a killed launcher from being started a second time.
+Ctrl-C, SIGTERM or SIGUSR1 stop every running run cleanly (each ends its step, checkpoints and
+ends `interrupted`) and exit with code 3; the same command resumes them.
 A diverged or failed run is a result, recorded with its status and error; the sweep goes on.
 
 Outputs in sweep.dir, rebuilt by `report` from whatever has finished: results.csv (a row per
@@ -41,10 +43,10 @@ from configs.errors import UserError, run_cli
 from sweeper.config import SweepConfig, load_sweep
 from sweeper.points import plan, split_args
 from sweeper.report import write_outputs, write_results
-from sweeper.runner import check_identity, collect, record_sweep, resources
+from sweeper.runner import check_identity, collect, read_sweep, record_sweep, resources
 from sweeper.stages import run_stages
 from sweeper.wandb_export import write_wandb_sweeps
-from trainer.outputs import read_json
+from trainer.outputs import EXIT_INTERRUPTED
 
 # The fields a report reads: the stored sweep's, unless given on the command line.
 REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
@@ -65,7 +67,7 @@ def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> in
     completed = run_stages(p, gpus, threads, on_end=lambda: write_results(d, collect(d)))
     write_outputs(d, cfg, p.setup)
     print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'report.md'}")
-    return 0 if completed else 130
+    return 0 if completed else EXIT_INTERRUPTED
 
 
 def stored_config(cli_cfg: SweepConfig, cli_keys: set, stored: dict) -> SweepConfig:
@@ -81,7 +83,7 @@ def cmd_report(sweep_args: list[str], train_args: list[str]) -> int:
         raise UserError(f"report takes sweep.* arguments only, not {train_args[0]!r}")
     cli_cfg, cli_keys = load_sweep(sweep_args)
     d = cli_cfg.path
-    stored = read_json(d / "sweep.json")
+    stored = read_sweep(d)
     if stored is None:
         raise UserError(f"sweep.dir={d} holds no sweep.json (no sweep ran there); pass the "
                         "sweep.dir of a sweep")
@@ -109,12 +111,14 @@ def dispatch(argv: list[str]) -> int:
     args = argv[1:] if argv and "=" not in argv[0] else argv
     sweep_args, train_args = split_args(args)
     if command == "run":
-        # SIGTERM (a scheduler's cancel) stops the runs like Ctrl-C does.
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        # SIGTERM (a scheduler's cancel) and SIGUSR1 (SLURM's --signal=USR1@90) stop the runs
+        # like Ctrl-C does: each checkpoints and ends interrupted; exit code 3.
+        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGUSR1)}
         try:
             return cmd_run(sweep_args, train_args, argv)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     if command == "report":
         return cmd_report(sweep_args, train_args)
     if command == "export-wandb":

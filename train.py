@@ -5,13 +5,15 @@
     torchrun --standalone --nproc_per_node=4 train.py model=gpt2 data=openwebtext
 
 Outputs in out_dir: config.yaml, metrics.jsonl, summary.json, ckpt.pt (see README).
+SIGTERM, SIGUSR1 or SIGINT: the step ends, then ckpt.pt, summary.json (status interrupted) and
+exit code 3; run the same command with resume=true to go on (trainer/stop.py).
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,12 @@ import torch
 from configs import load_config, to_object
 from configs.errors import UserError, run_cli
 from trainer import checkpoint
-from trainer.distributed import DistEnv, exit_rank, setup, teardown
+from trainer.distributed import DistEnv, exit_rank, on_rank0, setup, teardown
 from trainer.loop import (DivergenceWatch, Progress, StepTimer, evaluate, final_eval, finish,
                           forward_backward, optimizer_step, set_lr)
-from trainer.outputs import RunLogger, Status, prepare_out_dir, truncate_metrics, write_atomic
+from trainer.outputs import (EXIT_INTERRUPTED, FileLock, RunLogger, Status, prepare_out_dir,
+                             truncate_metrics, write_atomic)
+from trainer.stop import GracefulStop
 
 # Peak dense bf16 FLOP/s by device name, for MFU; the first name found in the device's wins,
 # so variants come before their family (an H100 PCIe is not an SXM H100).
@@ -43,21 +47,17 @@ def make_autocast(device: str, dtype: str):
     return lambda: torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
 
 
-def micro_steps_per_rank(grad_accum_steps: int, env: DistEnv) -> int:
-    if grad_accum_steps % env.world_size:
-        raise UserError(f"train.grad_accum_steps={grad_accum_steps} is not divisible by the "
-                        f"{env.world_size} processes; use a multiple of {env.world_size}")
-    return grad_accum_steps // env.world_size  # as nanoGPT
+def start_or_resume(cfg, env: DistEnv) -> tuple[bool, FileLock | None]:
+    """Rank 0 prepares and locks out_dir (refusing another live writer, or to overwrite another
+    run) and decides; all agree. Returns (resume, the lock: rank 0's, None on the others)."""
+    held = []
 
-
-def start_or_resume(cfg, env: DistEnv) -> bool:
-    """Rank 0 prepares out_dir (refusing to overwrite another run) and decides; all agree."""
-    resuming = prepare_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite) if env.is_main else False
-    if env.enabled:
-        flag = [float(resuming)]
-        torch.distributed.broadcast_object_list(flag, src=0)
-        resuming = bool(flag[0])
-    return resuming
+    def prepare() -> bool:
+        resuming, lock = prepare_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
+        held.append(lock)
+        return resuming
+    resuming = on_rank0(env, prepare)
+    return bool(resuming), (held[0] if held else None)
 
 
 def peak_flops_of(device_name: str) -> float | None:
@@ -114,7 +114,7 @@ def run(cfg_node) -> dict:
     # coupled iterations of optim/spectral.py turn it off for themselves.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     autocast = make_autocast(device, cfg.dtype)
-    accum = micro_steps_per_rank(t.grad_accum_steps, env)
+    accum = t.micro_steps_per_rank(env.world_size)
 
     # Everything that can reject the input happens before anything is written.
     torch.manual_seed(cfg.seed)
@@ -131,38 +131,37 @@ def run(cfg_node) -> dict:
     sequences = t.batch_size if task.train_size is None else min(t.batch_size, task.train_size)
     progress = Progress(tokens_per_step=sequences * task.block_size * t.grad_accum_steps)
     out_dir = Path(cfg.out_dir)
-    resuming = start_or_resume(cfg, env)
-    if resuming:
-        progress.step, progress.best_val = checkpoint.restore(
-            out_dir, model=model, optimizer=optimizer, scaler=scaler, device=device)
-        log(f"resumed from {out_dir / checkpoint.FILE} at step {progress.step}")
-    if env.is_main:
-        if resuming:
-            progress.history = [r for r in truncate_metrics(out_dir, progress.step) if "val/loss" in r]
-        write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg_node))
-
-    raw_model = model
-    flops_per_step = raw_model.flops_per_token(task.block_size) * progress.tokens_per_step
-    peak = peak_flops(device) * env.world_size if peak_flops(device) else None
-    log(describe(raw_model, t, env, accum, task.block_size, progress.tokens_per_step))
-    progress.wall0 = time.time()
-    r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, cfg, env), raw_model=raw_model,
-            optimizer=optimizer, scaler=scaler, autocast=autocast, accum=accum, progress=progress,
-            out_dir=out_dir, config=config, peak=peak, flops_per_step=flops_per_step, log=log,
-            logger=RunLogger(out_dir, cfg.wandb, config, resuming) if env.is_main else None,
-            bar=tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
-                     dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0))
-    clean = False
+    resuming, lock = start_or_resume(cfg, env)   # rank 0 holds out_dir's train.lock from here
     try:
-        summary = r.train()
-        clean = True
-    except Exception as exc:  # a crash mid-run is a recorded result, then re-raised
-        r.bar.close()
-        r.write_summary(Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        raise
+        if resuming:
+            progress.step, progress.best_val = checkpoint.restore(
+                out_dir, model=model, optimizer=optimizer, scaler=scaler, device=device,
+                config=config)
+            log(f"resumed from {out_dir / checkpoint.FILE} at step {progress.step}")
+
+        def write_start() -> list:
+            kept = truncate_metrics(out_dir, progress.step) if resuming else []
+            write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg_node))
+            return [r for r in kept if "val/loss" in r]
+        progress.history = on_rank0(env, write_start) or []
+
+        raw_model = model
+        flops_per_step = raw_model.flops_per_token(task.block_size) * progress.tokens_per_step
+        peak = peak_flops(device) * env.world_size if peak_flops(device) else None
+        log(describe(raw_model, t, env, accum, task.block_size, progress.tokens_per_step))
+        progress.wall0 = time.time()
+        r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, cfg, env), raw_model=raw_model,
+                optimizer=optimizer, scaler=scaler, autocast=autocast, accum=accum,
+                progress=progress, out_dir=out_dir, config=config, peak=peak,
+                flops_per_step=flops_per_step, log=log,
+                logger=RunLogger(out_dir, cfg.wandb, config, resuming) if env.is_main else None,
+                bar=tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
+                         dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0),
+                stop=GracefulStop(env))
+        return r.run()
     finally:
-        teardown(env, clean=clean)
-    return summary
+        if lock is not None:
+            lock.release()
 
 
 @dataclass
@@ -186,11 +185,31 @@ class Run:
     log: Any
     logger: RunLogger | None
     bar: Any
+    stop: GracefulStop        # the signal handlers, installed while run() trains
+
+    def run(self) -> dict:
+        """train() under the graceful-stop handlers; a crash is recorded (summary.json status
+        failed) and re-raised."""
+        clean = False
+        try:
+            with self.stop:
+                summary = self.train()
+            clean = True
+        except Exception as exc:
+            self.bar.close()
+            error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            with suppress(UserError):   # a full disk may refuse summary.json as well
+                self.write_summary(Status.FAILED, error=error)
+            raise
+        finally:
+            teardown(self.env, clean=clean)
+        return summary
 
     def train(self) -> dict:
-        t, p = self.cfg.train, self.progress
+        t, p, stop = self.cfg.train, self.progress, self.stop
         watch, timer = DivergenceWatch(t.diverge_loss, self.env.device), StepTimer(self.env.device)
         self.model.train()
+        solved = False
         while p.step < t.max_iters:
             if p.step % t.eval_interval == 0 and p.last_eval != p.step:
                 timer.pause()
@@ -198,6 +217,7 @@ class Run:
                 timer.resume()
                 if self.task.done(p.history):  # e.g. a grokking run that has solved its task
                     self.bar.write(f"task solved at step {p.step}: stopping early")
+                    solved = True
                     break
             set_lr(self.optimizer, p.step, t)
             train_loss = forward_backward(self.model, self.task, self.scaler, step=p.step,
@@ -205,7 +225,8 @@ class Run:
                                           autocast=self.autocast)
             watch.update(train_loss, p.step)
             if must_look(p.step + 1, t):   # the one host sync of a log interval
-                diverged_at, loss_value = watch.read(train_loss)
+                diverged_at, loss_value, *stop_flag = watch.read(train_loss, *stop.shared())
+                stop.agree(stop_flag)       # torchrun: every rank's signal, read in this sync
                 if diverged_at is not None:
                     p.diverged_at, p.step = diverged_at, diverged_at - 1
                     self.bar.write(f"diverged at step {diverged_at}: train loss non-finite or "
@@ -217,6 +238,8 @@ class Run:
             if p.step % t.log_interval == 0 or p.step == t.max_iters:
                 self.log_train(loss_value, *timer.window())
             self.bar.update(1)
+            if stop.now():
+                break
             if t.ckpt_interval and p.step % t.ckpt_interval == 0 and p.step < t.max_iters:
                 timer.pause()
                 self.save_checkpoint()
@@ -224,10 +247,26 @@ class Run:
         timer.window()
         p.tokens_per_s = round(p.tokens_per_step * timer.steps / timer.seconds, 1) \
             if timer.seconds > 0 else None
-        if p.diverged_at is None:
+        return self.end(solved)
+
+    def end(self, solved: bool) -> dict:
+        """The end of the loop: a diverged run's summary; a stopped one's checkpoint and
+        summary (status interrupted); else the end of training and its summary."""
+        p = self.progress
+        if p.diverged_at is not None:
+            status = Status.DIVERGED
+        elif self.stop.now() and not solved:
+            self.save_checkpoint()
+            status = Status.INTERRUPTED
+        else:
             self.end_of_training()
+            status = Status.COMPLETED
         self.bar.close()
-        return self.write_summary(Status.COMPLETED if p.diverged_at is None else Status.DIVERGED)
+        if status == Status.INTERRUPTED:
+            ckpt = self.out_dir / checkpoint.FILE
+            self.log(f"stopped by {self.stop.name} after step {p.step}: {ckpt} written; run the "
+                     "same command with resume=true to go on")
+        return self.write_summary(status)
 
     def evaluate(self) -> None:
         metrics = evaluate(self.task, self.raw_model, self.cfg.train, self.env, self.autocast)
@@ -289,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--cfg":   # Hydra's `--cfg job`: print the checked config, run nothing
         rest = argv[2:] if len(argv) > 1 and argv[1] in ("job", "all") else argv[1:]
         return run_cli(lambda: print_config(rest))
-    return run_cli(lambda: run(load_config(argv)))
+    return run_cli(lambda: exit_code(run(load_config(argv))))
+
+
+def exit_code(summary: dict) -> int:
+    """0 for a completed or diverged run, EXIT_INTERRUPTED (3) for one a signal stopped."""
+    return EXIT_INTERRUPTED if summary["status"] == Status.INTERRUPTED else 0
 
 
 def print_config(overrides: list[str]) -> None:

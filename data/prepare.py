@@ -20,7 +20,8 @@ corpus's characters (65 for Tiny Shakespeare).
 
 The output is valid only once meta.json exists and agrees with the .bin sizes: the .bin files
 are written as *.bin.tmp, renamed, and meta.json is written last, so an interrupted prepare
-leaves a folder that training treats as not prepared.
+leaves a folder that training treats as not prepared. A write that fails (a full disk) is one
+UserError naming the file, and a dataset prepared before stays valid.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.errors import UserError, run_cli
-from trainer.outputs import write_atomic
+from trainer.outputs import write_atomic, write_error
 
 SPLITS = ("train", "val")
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -60,6 +61,9 @@ def open_prepared(cfg) -> dict | None:
     """meta.json of a prepared dataset, None when it is not prepared (no meta.json).
     A meta.json that disagrees with the .bin files or the config is a UserError."""
     folder = dataset_dir(cfg)
+    root = Path(cfg.root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data.root={cfg.root} is a file, not a directory; pass another data.root=")
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except FileNotFoundError:
@@ -96,6 +100,22 @@ def readable(path: str, key: str) -> Path:
     return p
 
 
+def local_inputs(cfg) -> list[Path]:
+    """The local files a prepare reads (data.source, or data.files), each checked readable."""
+    if not (cfg.source or cfg.files):
+        return []
+    key = "data.source" if cfg.source else "data.files"
+    return [readable(p, key) for p in ([cfg.source] if cfg.source else cfg.files)]
+
+
+def check_inputs(cfg) -> None:
+    """Refuse now what the first run would refuse when it opens or auto-prepares the dataset: a
+    damaged prepared folder, or no prepared one and unreadable local inputs (sweep.py checks
+    this before it launches any run)."""
+    if open_prepared(cfg) is None and cfg.auto_prepare:
+        local_inputs(cfg)
+
+
 def download(url: str, dest: Path) -> Path:
     if dest.exists():
         return dest
@@ -119,7 +139,8 @@ def read_lines(paths):
             try:
                 yield from f
             except UnicodeDecodeError as exc:
-                raise UserError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+                raise UserError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                "convert it to UTF-8, or point data.source at a text file")
 
 
 def text_pieces(paths, start: int, stop: int):
@@ -166,10 +187,31 @@ def raw_text_source(cfg, paths):
         if cfg.tokenizer == "char":
             chars.update(line)
     cut = int(n * (1 - cfg.val_fraction))
+    if min(cut, n - cut) == 0:
+        raise UserError(f"{', '.join(map(str, paths))} {'holds' if len(paths) == 1 else 'hold'} "
+                        f"{n} characters: too few for a train and a val split (data.val_fraction="
+                        f"{cfg.val_fraction}); point data.source at more text")
     spans = {"train": (0, cut), "val": (cut, n)}
     splits = {s: (b - a, lambda a=a, b=b: batched(text_pieces(paths, a, b), cfg.chunk_docs))
               for s, (a, b) in spans.items()}
     return splits, chars, "chars"
+
+
+@contextmanager
+def quiet_datasets():
+    """No progress bars or log lines from `datasets` while it reads local files (quick, and a
+    file it cannot parse is our one error line, not its log)."""
+    import datasets
+
+    bars, level = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def table_source(cfg, paths, cache_dir):
@@ -180,18 +222,23 @@ def table_source(cfg, paths, cache_dir):
         if paths:
             formats = {TABLE_FORMATS[p.suffix] for p in paths}
             if len(formats) > 1:
-                raise UserError(f"data.files mixes JSONL and parquet ({paths}); use one format")
-            ds = datasets.load_dataset(formats.pop(), data_files=[str(p) for p in paths],
-                                       split="train", cache_dir=cache_dir)
+                raise UserError(f"data.files mixes JSONL and parquet "
+                                f"({', '.join(map(str, paths))}); use one format")
+            with quiet_datasets():
+                ds = datasets.load_dataset(formats.pop(), data_files=[str(p) for p in paths],
+                                           split="train", cache_dir=cache_dir)
         else:
             ds = datasets.load_dataset(cfg.hf_path, cfg.hf_name, split="train",
                                        num_proc=cfg.num_proc if cfg.num_proc > 1 else None)
     except UserError:
         raise
     except Exception as exc:  # network, hub or parse errors: all are about the input
-        what = paths or cfg.hf_path
-        raise UserError(f"could not load {what} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
-                        "fix the input or pass data.source=<local JSONL/parquet file>")
+        what = ", ".join(map(str, paths)) or cfg.hf_path
+        while exc.__cause__ is not None:   # the reason, not the wrapper
+            exc = exc.__cause__
+        why = " ".join(str(exc).split())[:300]
+        raise UserError(f"could not load {what} ({type(exc).__name__}: {why}); fix the input or "
+                        "pass data.source=<local JSONL/parquet file>") from None
     if cfg.text_field not in ds.column_names:
         raise UserError(f"the rows have no column {cfg.text_field!r} (columns: {ds.column_names}); "
                         "set data.text_field")
@@ -243,8 +290,13 @@ def make_tokenizer(cfg, chars: set):
 @contextmanager
 def locked(folder: Path):
     """One prepare per folder at a time (e.g. every torchrun rank auto-preparing at once)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "w")
+    except OSError as exc:
+        raise UserError(f"cannot create {folder} to prepare the dataset in ({exc.strerror}); "
+                        "pass another data.root=") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -253,19 +305,23 @@ def locked(folder: Path):
 
 
 def write_tokens(path: Path, batches, encode, eot, dtype, bar) -> tuple[int, str]:
-    """Tokenize batch by batch, appending to `path`; returns (token count, sha256)."""
+    """Tokenize batch by batch, appending to `path`; returns (token count, sha256). A failed
+    write (a full disk) is a UserError naming the split's file."""
     count, sha = 0, hashlib.sha256()
-    with open(path, "wb") as f:
-        for texts in batches:
-            ids = encode(texts)
-            if eot is not None:
-                for doc in ids:
-                    doc.append(eot)
-            block = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype).tobytes()
-            f.write(block)
-            sha.update(block)
-            count += len(block) // dtype.itemsize
-            bar.update(len(texts) if bar.unit == "docs" else sum(map(len, texts)))  # docs or chars
+    try:
+        with open(path, "wb") as f:
+            for texts in batches:
+                ids = encode(texts)
+                if eot is not None:
+                    for doc in ids:
+                        doc.append(eot)
+                block = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype).tobytes()
+                f.write(block)
+                sha.update(block)
+                count += len(block) // dtype.itemsize
+                bar.update(len(texts) if bar.unit == "docs" else sum(map(len, texts)))  # docs or chars
+    except OSError as exc:
+        raise write_error(path.with_suffix(""), exc) from None
     return count, sha.hexdigest()
 
 
@@ -283,8 +339,7 @@ def _prepare(cfg, folder: Path) -> dict:
 
     t0 = time.time()
     if cfg.source or cfg.files:
-        key = "data.source" if cfg.source else "data.files"
-        paths = [readable(p, key) for p in ([cfg.source] if cfg.source else cfg.files)]
+        paths = local_inputs(cfg)
         source = ",".join(str(p.resolve()) for p in paths)
     elif cfg.url:
         paths, source = [download(cfg.url, folder / "input.txt")], cfg.url
@@ -294,7 +349,8 @@ def _prepare(cfg, folder: Path) -> dict:
         raise UserError(f"data={cfg.name} has no input; pass data.source=<file> or data.files=[...]")
     tables = [p for p in paths if p.suffix in TABLE_FORMATS]
     if tables and len(tables) != len(paths):
-        raise UserError(f"data.files mixes raw text and JSONL/parquet ({paths}); use one kind")
+        raise UserError(f"data.files mixes raw text and JSONL/parquet "
+                        f"({', '.join(map(str, paths))}); use one kind")
 
     tmp = {s: folder / f"{s}.bin.tmp" for s in SPLITS}
     with tempfile.TemporaryDirectory() as cache_dir:  # local tables' Arrow cache, thrown away after

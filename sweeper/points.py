@@ -128,11 +128,15 @@ def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:
             for grid in grid_values(cfg) for lr in lrs]
 
 
-def validate_points(points: list[Point], launch: list[str], runs_dir: Path):
-    """Compose the runs' configs before anything starts; returns the first one's config.
+def validate_points(points: list[Point], launch: list[str], runs_dir: Path, nproc: int = 1):
+    """Compose the runs' configs before anything starts, and check what each run would refuse
+    at start-up: its world size (`nproc` processes share train.grad_accum_steps) and its data
+    (a damaged prepared dataset, or unreadable inputs to prepare), so that a sweep that can only
+    fail is refused before it launches anything; returns the first one's config.
     One run per optimizer and grid value stands for all: the others differ only in the lr and
     the seed, numbers written here (SweepConfig checked the lrs)."""
     from configs import load_config, to_object
+    from data.prepare import check_inputs
 
     first, seen = None, set()
     for p in points:
@@ -142,7 +146,11 @@ def validate_points(points: list[Point], launch: list[str], runs_dir: Path):
         seen.add(kind)
         try:
             cfg = load_config(p.overrides + launch + [f"out_dir={runs_dir / p.run_id}", "resume=true"])
-            to_object(cfg)
+            run = to_object(cfg)
+            run.train.micro_steps_per_rank(
+                nproc, where=f"processes of a run (sweep.nproc_per_run={nproc})")
+            if run.task.name == "lm":
+                check_inputs(run.data)
         except UserError as exc:
             raise UserError(f"{exc} (in run {p.run_id})") from None
         first = first if first is not None else cfg
@@ -189,7 +197,7 @@ def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
     setup = canonical(list(cfg.overrides) + train_args)
     points = make_points(cfg, grids, setup)
     launch = launch_overrides(cfg, train_args, wandb_enabled=False)
-    first = validate_points(points, launch, cfg.path / "runs")
+    first = validate_points(points, launch, cfg.path / "runs", cfg.nproc_per_run)
     wandb = bool(first.wandb.enabled)
     return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb,
                 int(first.train.max_iters), str(first.device))

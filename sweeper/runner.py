@@ -7,13 +7,15 @@ stopped cleanly by Ctrl-C or SIGTERM), and collect: one row per run for results.
     <sweep.dir>/runs/<run id>/           the run's out_dir (trainer/outputs.py), and:
         point.json   the Point   exit.json   how its process ended   train.log   its output
         sweep.lock   flock held while the launcher or the run lives
+
+Stopping (Ctrl-C, SIGTERM or SIGUSR1 to the launcher) sends each run SIGINT: a run ends its step,
+writes its checkpoint and summary.json (status interrupted) and exits; the next invocation
+resumes it, like every run that is not a result.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import io
-import json
 import os
 import signal
 import subprocess
@@ -26,17 +28,30 @@ from typing import Callable
 
 from configs.errors import UserError
 from sweeper.points import Plan, Point, curve_label, run_args
-from trainer.outputs import SUMMARY_FIELDS, Status, read_json, write_json
+from trainer.outputs import SUMMARY_FIELDS, FileLock, Status, read_json, write_json
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
+STOP_GRACE_S = 60.0   # how long a stopped run has for its step and checkpoint before SIGKILL
 
 
 # ---------------------------------------------------------------------------------------------
 # The sweep directory
 
+def read_sweep(d: Path) -> dict | None:
+    """sweep.json of sweep.dir `d`: None when there is none, a UserError when it is damaged."""
+    if d.exists() and not d.is_dir():
+        raise UserError(f"sweep.dir={d} is a file, not a directory; pass sweep.dir=<new path>")
+    path = d / "sweep.json"
+    stored = read_json(path)
+    if path.exists() and not (stored is not None and isinstance(stored.get("sweep"), dict)):
+        raise UserError(f"{path} is damaged (not a sweep's JSON); restore it, or pass "
+                        "sweep.dir=<new path>")
+    return stored
+
+
 def check_identity(d: Path, name: str, setup: list[str]) -> None:
     """Refuse a sweep.dir that holds another sweep's results (or anything but a sweep)."""
-    stored = read_json(d / "sweep.json")
+    stored = read_sweep(d)
     if stored is not None:
         if (stored.get("name"), stored.get("setup")) != (name, setup):
             raise UserError(
@@ -58,42 +73,14 @@ def record_sweep(plan: Plan, argv: list[str]) -> None:
         indent=1)
 
 
-class RunLock:
+class RunLock(FileLock):
     """flock on <run dir>/sweep.lock. The run's process inherits the locked descriptor, so the
     lock is held while the launcher OR the run lives: a run left behind by a SIGKILLed launcher
-    keeps it, and a re-run waits for that run instead of starting the point again."""
+    keeps it, and a re-run waits for that run instead of starting the point again. (train.py
+    holds its own train.lock beside it.)"""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "sweep.lock"
-        self.fd = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self.fd = fd
-        return True
-
-    def note(self, info: dict) -> None:
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(info).encode(), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def held_elsewhere(self) -> dict | None:
-        """The holder's note when another process holds the lock, else None."""
-        if not self.path.exists():
-            return None
-        if self.acquire():
-            self.release()
-            return None
-        return read_json(self.path) or {}
+        super().__init__(run_dir / "sweep.lock")
 
 
 def finished(run_dir: Path) -> bool:
@@ -102,17 +89,26 @@ def finished(run_dir: Path) -> bool:
     return summary is not None and summary.get("status") in Status.RESULTS
 
 
+LAUNCH_MARK = "sweep.py launches:"
+# torchrun's own lines about a failed worker: never the error of a run
+LAUNCHER_LINES = ("torch.distributed.elastic", "ChildFailedError", "SignalException")
+
+
 def log_error(path: Path) -> str:
-    """The error of a failed run from the end of its train.log: the last exception line of a
-    traceback, else the last two lines."""
+    """The error of a failed run from its train.log, its last attempt only: the first
+    `error: ...` line (a rank's one-line error), else the first exception line of a traceback
+    (under torchrun the rank that failed first prints first; torchrun's own report is left
+    out), else the last two lines."""
     try:
-        text = path.read_text(errors="replace")[-20_000:]
+        text = path.read_text(errors="replace")[-200_000:]
     except FileNotFoundError:
         return ""
-    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-30:]
-    errors = [ln for ln in lines if ln.startswith("error: ") or
-              ln.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt"))]
-    return (errors[-1] if errors else " | ".join(lines[-2:]))[:500]
+    text = text.rsplit(LAUNCH_MARK, 1)[-1].split("\n", 1)[-1] if LAUNCH_MARK in text else text
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    own = [ln for ln in lines if not any(k in ln for k in LAUNCHER_LINES)]
+    errors = [ln for ln in own if ln.startswith("error: ")] or \
+        [ln for ln in own if ln.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt"))]
+    return (errors[0] if errors else " | ".join(lines[-2:]))[:500]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +162,8 @@ def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: lis
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", str(TRAIN_SCRIPT)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    # torchrun gives its workers this long to stop after passing a signal on, then SIGKILLs them
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(STOP_GRACE_S) - 10))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     log = open(run_dir / "train.log", "a")
@@ -180,12 +178,18 @@ def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: lis
     return Launched(p, proc, lock, gpus, log)
 
 
-def end_run(run: Launched, run_dir: Path) -> str:
-    """Record how a run's process ended; returns its status."""
+def end_run(run: Launched, run_dir: Path, stopped: bool = False) -> str:
+    """Record how a run's process ended; returns its status (interrupted: a signal stopped it
+    after a checkpoint, and the next invocation resumes it). A run the launcher `stopped` that
+    wrote no summary (stopped before its loop began, or killed) is left unfinished."""
     run.log.close()
     rc = run.proc.returncode
     summary = read_json(run_dir / "summary.json") or {}
-    status = summary.get("status") if summary.get("status") in Status.RESULTS else Status.FAILED
+    ended = (*Status.RESULTS, Status.INTERRUPTED)
+    status = summary.get("status") if summary.get("status") in ended else Status.FAILED
+    if stopped and status == Status.FAILED:
+        run.lock.release()
+        return Status.UNFINISHED
     error = None
     if status == Status.FAILED:
         why = f"exit code {rc}" if rc >= 0 else f"killed by signal {-rc}"
@@ -196,22 +200,22 @@ def end_run(run: Launched, run_dir: Path) -> str:
     return status
 
 
-def stop_runs(running: dict[str, Launched], grace_s: float = 20.0) -> None:
-    """Ctrl-C: SIGINT to each run's process group (torchrun passes it on), SIGKILL after
-    grace_s. A stopped run has no summary.json: the next invocation resumes it."""
+def stop_runs(running: dict[str, Launched], runs_dir: Path, grace_s: float = STOP_GRACE_S) -> None:
+    """Ctrl-C: SIGINT to each run's process group (torchrun passes it on to its workers), which
+    ends its step, writes its checkpoint and summary.json (status interrupted); SIGKILL after
+    grace_s. Either way the next invocation resumes it."""
     for run in running.values():
         with suppress(ProcessLookupError):
             os.killpg(run.proc.pid, signal.SIGINT)
     deadline = time.time() + grace_s
-    for run in running.values():
+    for rid, run in running.items():
         try:
             run.proc.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             with suppress(ProcessLookupError):
                 os.killpg(run.proc.pid, signal.SIGKILL)
             run.proc.wait()
-        run.log.close()
-        run.lock.release()
+        end_run(run, runs_dir / rid, stopped=True)
 
 
 def run_points(plan: Plan, points: list[Point], gpus: list[str], threads: int,
@@ -226,7 +230,7 @@ def run_points(plan: Plan, points: list[Point], gpus: list[str], threads: int,
     running: dict[str, Launched] = {}
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=cfg.name, unit="run",
                dynamic_ncols=True, smoothing=0.1)
-    counts = {status: 0 for status in (*Status.RESULTS, Status.FAILED)}
+    counts = {status: 0 for status in (*Status.RESULTS, Status.FAILED, Status.INTERRUPTED)}
     try:
         while todo or running:
             for rid, run in list(running.items()):
@@ -272,7 +276,7 @@ def run_points(plan: Plan, points: list[Point], gpus: list[str], threads: int,
     except KeyboardInterrupt:
         bar.write(f"interrupted: stopping {len(running)} run(s); "
                   "re-run the same command to resume them")
-        stop_runs(running)
+        stop_runs(running, runs_dir)
         bar.close()
         return False
     bar.close()
@@ -293,8 +297,9 @@ def run_status(run_dir: Path, summary: dict) -> tuple[str, str | None]:
     if status == Status.FAILED or ended.get("status") == Status.FAILED:
         return Status.FAILED, (ended.get("error") or summary.get("error")
                                or log_error(run_dir / "train.log"))
-    held = RunLock(run_dir).held_elsewhere() is not None
-    return (Status.RUNNING if held else Status.UNFINISHED), None
+    if RunLock(run_dir).held_elsewhere() is not None:
+        return Status.RUNNING, None
+    return (Status.INTERRUPTED if status == Status.INTERRUPTED else Status.UNFINISHED), None
 
 
 def collect(d: Path) -> list[dict]:

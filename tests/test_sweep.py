@@ -224,6 +224,26 @@ def test_crashed_run_is_a_result(tmp_path, small_text, monkeypatch):
     assert "exploded on purpose" in (d / "report.md").read_text()
 
 
+def test_failed_torchrun_run_carries_its_rank_own_error(tmp_path, small_text, monkeypatch):
+    """Under torchrun the failing rank's `error: ...` line is the run's error in results.csv and
+    the report, not torchrun's ChildFailedError."""
+    fake = tmp_path / "refuse.py"
+    fake.write_text("import os, sys, time\n"
+                    "if os.environ['RANK'] == '1':\n"
+                    "    print('error: rank 1 refuses on purpose; pass another input', file=sys.stderr)\n"
+                    "    sys.exit(2)\n"
+                    "time.sleep(120)   # rank 0 waits, as in a collective, until torchrun stops it\n")
+    monkeypatch.setattr(runner, "TRAIN_SCRIPT", fake)
+    d = tmp_path / "sw"
+    assert sweep.main(tiny_args(tmp_path, small_text, "sweep.lrs=[1e-3]", "sweep.optimizers=[adamw]",
+                                "sweep.jobs=1", "sweep.nproc_per_run=2",
+                                "train.grad_accum_steps=2")) == 0
+    row = results(d)[0]
+    assert row["status"] == "failed"
+    assert row["error"].endswith("error: rank 1 refuses on purpose; pass another input"), row["error"]
+    assert "error: rank 1 refuses on purpose" in (d / "report.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------------
 # The report's statistics, on hand-made runs
 
@@ -370,7 +390,8 @@ def test_export_wandb(tmp_path):
     (["sweep.lrs=[]"], "sweep.lrs is empty"),
     (["sweep.lrs=[1e-3,0]"], "non-positive"),
     (["sweep.lrs=[1e-3,-1e-2]"], "non-positive"),
-    (["sweep.jobs=999", "sweep.nproc_per_run=2"], "lower sweep.jobs"),
+    (["sweep.jobs=999", "sweep.nproc_per_run=2", "train.grad_accum_steps=2"], "lower sweep.jobs"),
+    (["sweep.nproc_per_run=2"], "train.grad_accum_steps=1 is not divisible by the 2 processes"),
     (["sweep.seeds=[]"], "sweep.seeds is empty"),
     (["sweep.metrik=x"], "sweep.metrik"),
     (["train.max_itres=3"], "max_itres"),
@@ -423,3 +444,56 @@ def test_report_neighbour_that_diverged(tmp_path):
                if line.startswith("| 1 |"))
     assert row[2].strip() == "0.003"
     assert row[8].strip() == "+0.100 (/3) / 1/2 diverged (x3.3)"
+
+
+# ---------------------------------------------------------------------------------------------
+# How a run that did not finish is read back
+
+TORCHRUN_REPORT = """\
+W1123 22:45:57.492000 404 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 557 closing signal SIGTERM
+E1123 22:45:58.001000 404 site-packages/torch/distributed/elastic/multiprocessing/api.py:900] failed (exitcode: 1) local_rank: 1 (pid: 557) of binary: python
+Traceback (most recent call last):
+  File "torch/distributed/run.py", line 1032, in <module>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+train.py FAILED
+  error_file: <N/A>
+"""
+
+
+@pytest.mark.parametrize("attempt,expected", [
+    # every rank's one line (a config error at this world size), then torchrun's report
+    ("error: dtype=float16 needs CUDA; use dtype=bfloat16 or float32 on CPU\n" * 2 + TORCHRUN_REPORT,
+     "error: dtype=float16 needs CUDA; use dtype=bfloat16 or float32 on CPU"),
+    # rank 1 crashes first; rank 0 fails after it, in a collective
+    ("Traceback (most recent call last):\n  File \"train.py\", line 1\nValueError: boom on rank 1\n"
+     "Traceback (most recent call last):\n  File \"train.py\", line 2\n"
+     "RuntimeError: [gloo] Connection closed by peer\n" + TORCHRUN_REPORT,
+     "ValueError: boom on rank 1"),
+    # rank 0's disk is full: its line, not the other rank's consequence
+    ("Traceback (most recent call last):\nRuntimeError: [gloo] Connection closed by peer\n"
+     "error: cannot write runs/x/ckpt.pt (No space left on device); free space\n" + TORCHRUN_REPORT,
+     "error: cannot write runs/x/ckpt.pt (No space left on device); free space"),
+    # one process: no error line at all
+    ("step 10: loss 3.2\nKilled\n", "step 10: loss 3.2 | Killed"),
+])
+def test_log_error_is_the_failing_rank_own_line(tmp_path, attempt, expected):
+    log = tmp_path / "train.log"
+    log.write_text("\n=== 2026-11-23 10:00:00 sweep.py launches: python train.py a=1\n"
+                   "error: an earlier attempt's error\n"
+                   "\n=== 2026-11-23 11:00:00 sweep.py launches: python -m torch.distributed.run "
+                   "train.py a=1\n" + attempt)
+    assert runner.log_error(log) == expected
+
+
+def test_interrupted_run_is_resumed_never_a_result(tmp_path):
+    d = tmp_path / "hand"
+    fake_run(d, "a", 1e-3, 0, {"status": "interrupted", "steps": 40, "tokens": 400,
+                               "final_val_loss": None}, [{"step": 0, "tokens": 0, "val/loss": 4.0}])
+    run_dir = next((d / "runs").iterdir())
+    assert not runner.finished(run_dir)
+    row = runner.collect(d)[0]
+    assert row["status"] == "interrupted" and row["error"] is None
+    write_sweep_json(d)
+    assert sweep.main(["report", f"sweep.dir={d}"]) == 0
+    assert "1 interrupted" in (d / "report.md").read_text()

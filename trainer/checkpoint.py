@@ -1,13 +1,17 @@
 """ckpt.pt: the whole training state (model, optimizer, grad scaler, RNG, step, best val loss,
 config), saved and restored here and nowhere else.
 
-Written atomically (trainer/outputs.write_atomic), so a kill never leaves half a checkpoint.
+Written atomically (trainer/outputs.write_atomic), so a kill never leaves half a checkpoint, and
+a failed write (a full disk) leaves the previous one.
 Loaded with torch.load(weights_only=True): tensors and plain containers only, no pickled code.
+A damaged or foreign file, or the checkpoint of another run (STATE_KEYS differ), is one
+UserError naming it, before anything is loaded into the model.
 Under ZeRO-1 every rank sends its optimizer-state shard to rank 0 first, so a checkpoint is
 always the unsharded one and resumes at any world size.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -16,6 +20,11 @@ from configs.errors import UserError
 from trainer.outputs import write_atomic
 
 FILE = "ckpt.pt"
+# The config keys (a group, or one key) that shape what a checkpoint holds: resuming with another
+# value of one of them would be another run, and is refused. Any other key (the lr, the length,
+# logging, the world size) may change on resume.
+STATE_KEYS = ("model", "task", "data.name", "data.tokenizer", "optimizer.name", "train.block_size")
+PARTS = ("model", "optimizer", "scaler", "step", "best_val_loss", "rng_cpu")
 
 
 def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: float,
@@ -33,21 +42,61 @@ def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: f
     write_atomic(Path(out_dir) / FILE, lambda f: torch.save(state, f))
 
 
+def first_line(exc: BaseException) -> str:
+    """The gist of an exception: the first sentence of its first line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+
+
 def load(path: Path, map_location="cpu") -> dict:
+    """The checkpoint in `path`; a file that is not one of train.py's is a UserError."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path} cannot be read ({first}); it is damaged: delete it to restart "
-                        "the run from its start, or pass overwrite=true") from None
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{path} cannot be read ({first_line(exc)}): it is damaged or not a "
+                        "checkpoint; delete it to restart the run from its start, or pass "
+                        "overwrite=true") from None
+    missing = sorted(set(PARTS) - set(state)) if isinstance(state, dict) else list(PARTS)
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of train.py (it lacks {', '.join(missing)}); "
+                        "move it away to restart the run from its start, or pass overwrite=true")
+    return state
 
 
-def restore(out_dir: Path, *, model, optimizer, scaler, device: str) -> tuple[int, float]:
-    """Load ckpt.pt into the model, optimizer, scaler and RNG; returns (step, best val loss)."""
-    state = load(Path(out_dir) / FILE, map_location=device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_run(stored: dict, config: dict, out_dir: Path) -> None:
+    """Refuse to resume the checkpoint of another run: one whose STATE_KEYS differ (keys the
+    checkpoint's config lacks, from an older version, are not compared)."""
+    old, new = flat(stored if isinstance(stored, dict) else {}), flat(config)
+    for key in sorted(new):
+        if any(key == k or key.startswith(k + ".") for k in STATE_KEYS) and key in old \
+                and old[key] != new[key]:
+            raise UserError(f"out_dir={out_dir} holds a run of another config ({key}={old[key]} "
+                            f"there, {new[key]} here); resume it with its own config "
+                            f"({Path(out_dir) / 'config.yaml'}), pass overwrite=true to replace "
+                            "it, or pass another out_dir=")
+
+
+def restore(out_dir: Path, *, model, optimizer, scaler, device: str,
+            config: dict) -> tuple[int, float]:
+    """Load ckpt.pt into the model, optimizer, scaler and RNG; returns (step, best val loss).
+    `config` is this run's: the checkpoint must be of the same run (check_same_run)."""
+    path = Path(out_dir) / FILE
+    state = load(path, map_location=device)
+    check_same_run(state.get("config"), config, out_dir)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise UserError(f"{path} does not fit this run's model and optimizer ({first_line(exc)}); "
+                        "resume with the run's own config, pass overwrite=true to replace it, "
+                        "or pass another out_dir=") from None
     torch.set_rng_state(state["rng_cpu"].cpu())
     if "rng_cuda" in state and device.startswith("cuda"):
         torch.cuda.set_rng_state(state["rng_cuda"].cpu())

@@ -49,6 +49,14 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise UserError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
 
+    def micro_steps_per_rank(self, world_size: int, where: str = "processes") -> int:
+        """grad_accum_steps shared by `world_size` processes (as nanoGPT); it must divide.
+        train.py checks it at start-up, sweep.py for each point before launching any."""
+        if self.grad_accum_steps % world_size:
+            raise UserError(f"train.grad_accum_steps={self.grad_accum_steps} is not divisible by "
+                            f"the {world_size} {where}; use a multiple of {world_size}")
+        return self.grad_accum_steps // world_size
+
 
 @dataclass
 class WandbConfig:

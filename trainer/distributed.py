@@ -1,4 +1,5 @@
-"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), and the
+steps every rank takes alike (on_rank0, all_mean, ranks_in_sync, exit_rank, teardown).
 
 A plain `python train.py` is world size 1 and never touches torch.distributed.
 """
@@ -8,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -57,6 +59,23 @@ def setup(device: str, backend: str = "auto", timeout_s: int = 600) -> DistEnv:
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def on_rank0(env: DistEnv, work: Callable[[], Any]) -> Any:
+    """work() on rank 0 (which writes out_dir), its result (picklable) on every rank. A
+    UserError there is raised on every rank alike, so no rank waits for rank 0 in a collective
+    and each prints the same one line."""
+    box = [None, None]
+    if env.is_main:
+        try:
+            box = [work(), None]
+        except UserError as exc:
+            box = [None, str(exc)]
+    if env.enabled:
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise UserError(box[1])
+    return box[0]
 
 
 def all_mean(values: list[float], env: DistEnv) -> list[float]:

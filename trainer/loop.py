@@ -109,10 +109,12 @@ class DivergenceWatch:
         bad = ~torch.isfinite(loss) | (loss > self.limit)
         self.first = torch.where(bad & (self.first < 0), step, self.first)
 
-    def read(self, loss: torch.Tensor) -> tuple[Optional[int], float]:
-        """(the 1-based step that diverged or None, the loss as a float): one host sync."""
-        first, value = torch.stack([self.first.double(), loss.double()]).tolist()
-        return (None if first < 0 else int(first) + 1), value
+    def read(self, loss: torch.Tensor, *others: torch.Tensor) -> tuple:
+        """(the 1-based step that diverged or None, the loss as a float, then each of `others`,
+        device scalars read along, as a float): one host sync."""
+        first, value, *rest = torch.stack([self.first.double(), loss.double(),
+                                           *(o.double() for o in others)]).tolist()
+        return ((None if first < 0 else int(first) + 1), value, *rest)
 
 
 class StepTimer:

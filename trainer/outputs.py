@@ -1,22 +1,27 @@
-"""The files a run writes in its out_dir, other than ckpt.pt (trainer/checkpoint.py), and the
-one atomic writer every file of the project goes through.
+"""The files a run writes in its out_dir, other than ckpt.pt (trainer/checkpoint.py), the one
+atomic writer every file of the project goes through, and FileLock, the flock of train.lock and
+of the sweeper's sweep.lock.
 
     config.yaml     the resolved config                    (write_atomic)
     metrics.jsonl   one JSON object per log or eval event  (RunLogger, read_metrics, truncate_metrics)
     summary.json    how the run ended: RunSummary          (RunSummary.write / RunSummary.read)
+    train.lock      flock held by the run's process (rank 0) while it lives (prepare_out_dir)
 
-The trainer writes them and the sweeper reads them through this module only, so a field or a
-status name is defined once (Status, SUMMARY_FIELDS). Torch-free: the sweeper imports it.
+The trainer writes them and the sweeper reads them through this module only, so a field, a
+status name or an exit code is defined once (Status, SUMMARY_FIELDS, EXIT_INTERRUPTED).
+A file that cannot be written (a full disk, a quota, permissions) is one UserError naming it
+(write_error), and the version written before stays. Torch-free: the sweeper imports it.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import secrets
 import tempfile
-from contextlib import suppress
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -24,13 +29,34 @@ from typing import Any, Callable, Optional, Union
 from configs.errors import UserError
 
 
+def os_error_of(exc: BaseException) -> Optional[OSError]:
+    """The OSError behind `exc`: itself, or the one it was raised from or while handling
+    (torch.save turns a failed write into a RuntimeError raised while handling it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    """The one line for a file that cannot be written: which file, why, and what to do."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return UserError(f"cannot write {path} ({why}); the version written before, if any, is "
+                     "unchanged: free space (or fix permissions) there and run the same command "
+                     "again (train.py: with resume=true)")
+
+
 def write_atomic(path: Path, data: Union[bytes, str, Callable]) -> None:
     """Write `data` (bytes, text, or a function that writes to a binary file) to a temporary
     file beside `path`, fsync it, then rename: a kill leaves the old file or the new one,
-    never half of one."""
+    never half of one. A failed write (a full disk) is a UserError naming `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -39,8 +65,11 @@ def write_atomic(path: Path, data: Union[bytes, str, Callable]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and (os_exc := os_error_of(exc)) is not None:
+            raise write_error(path, os_exc) from None
         raise
 
 
@@ -49,11 +78,12 @@ def write_json(path: Path, obj, indent: int = 2) -> None:
 
 
 def read_json(path: Path) -> Optional[dict]:
-    """The JSON object in `path`, None when it is missing or not (yet) valid JSON."""
+    """The JSON object in `path`, None when it is missing, unreadable or not (yet) a JSON object."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):   # ValueError: JSONDecodeError, UnicodeDecodeError
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 class Status:
@@ -61,10 +91,17 @@ class Status:
     COMPLETED = "completed"      # trained its full budget (or its task was solved)
     DIVERGED = "diverged"        # a non-finite or too large loss ended it: a result
     FAILED = "failed"            # it crashed; a re-run of the sweep retries it
+    INTERRUPTED = "interrupted"  # a signal stopped it after a checkpoint; resume=true goes on
     RUNNING = "running"          # sweeper only: a live process holds its lock
     UNFINISHED = "unfinished"    # sweeper only: never started, or stopped before the end
     RESULTS = (COMPLETED, DIVERGED)   # the statuses a sweep keeps and never re-runs
-    ALL = (COMPLETED, DIVERGED, FAILED, RUNNING, UNFINISHED)
+    ALL = (COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING, UNFINISHED)
+
+
+# train.py's exit code when a signal (SIGTERM, SIGUSR1, SIGINT) stopped the run after a
+# checkpoint (status interrupted): run the same command with resume=true to go on. The others:
+# 0 completed or diverged, 1 a crash (traceback), 2 bad input (one `error: ...` line).
+EXIT_INTERRUPTED = 3
 
 
 # summary.json's fields, in the order they are written (results.csv's columns follow them).
@@ -107,13 +144,81 @@ class RunSummary:
         return None if d is None else cls.from_dict(d)
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Create out_dir and say whether to resume from its ckpt.pt. Refuses to overwrite
-    another run without overwrite=true, and a path that is not a directory."""
+class FileLock:
+    """An exclusive flock on `path`, never waited for: acquire() says whether it was free. The
+    OS releases it when the holder's process dies, so a lock left by a killed process never
+    blocks. `note` leaves the holder's details in the file for whoever finds it held."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def note(self, info: dict) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(info).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def held_elsewhere(self) -> Optional[dict]:
+        """The holder's note when another process (or another FileLock) holds it, else None."""
+        if not self.path.exists():
+            return None
+        if self.acquire():
+            self.release()
+            return None
+        return read_json(self.path) or {}
+
+
+TRAIN_LOCK = "train.lock"   # the trainer's own; a sweep's launcher holds sweep.lock beside it
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, FileLock]:
+    """Create out_dir, lock it (train.lock) for this process, and say whether to resume from its
+    ckpt.pt; returns (resume, the lock: release it when the run ends). Refuses a path that is
+    not a directory, an out_dir another live train.py writes, and to overwrite another run
+    without overwrite=true. Removes the temporary files of writes a kill cut short."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir={out_dir} exists and is not a directory; pass another out_dir=")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create out_dir={out_dir} ({exc.strerror}); pass another "
+                        "out_dir=") from None
+    lock = FileLock(out_dir / TRAIN_LOCK)
+    try:
+        free = lock.acquire()
+    except OSError as exc:
+        raise write_error(lock.path, exc) from None
+    if not free:
+        holder = read_json(lock.path) or {}
+        raise UserError(f"out_dir={out_dir} is in use by another train.py (pid "
+                        f"{holder.get('pid', '?')}); wait for it to end, or pass another out_dir=")
+    try:
+        resuming = _start_or_resume(out_dir, resume, overwrite)
+        for stale in out_dir.glob(".*.tmp"):   # of a write_atomic a kill cut short
+            stale.unlink(missing_ok=True)
+        lock.note({"pid": os.getpid(), "started": time.time()})
+    except BaseException:
+        lock.release()
+        raise
+    return resuming, lock
+
+
+def _start_or_resume(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     ckpt = out_dir / "ckpt.pt"
     if resume and ckpt.exists():
         return True
@@ -128,16 +233,31 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's records; a line cut by a kill is skipped."""
+    """metrics.jsonl's records; the last line, cut by a kill, is skipped. Any other line that is
+    not a JSON object is a damaged file: a UserError naming it."""
+    path = Path(run_dir) / "metrics.jsonl"
     try:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        lines = path.read_bytes().decode().splitlines()
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise damaged_metrics(path, getattr(exc, "strerror", None) or "not UTF-8 text") from None
     out = []
-    for line in lines:
-        with suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        elif line.strip() and not (i == len(lines) and line.startswith("{")):  # not a cut record
+            raise damaged_metrics(path, f"line {i} is not a JSON object")
     return out
+
+
+def damaged_metrics(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is damaged ({why}); restore it, or move it away to go on without "
+                     "the run's earlier records")
 
 
 def truncate_metrics(run_dir: Path, max_step: int) -> list[dict]:
@@ -170,7 +290,10 @@ class RunLogger:
 
     def __init__(self, out_dir: Path, wandb_cfg, config: dict, resume: bool):
         self.out_dir = Path(out_dir)
-        self.metrics = open(self.out_dir / "metrics.jsonl", "a")
+        try:
+            self.metrics = open(self.out_dir / "metrics.jsonl", "a")
+        except OSError as exc:
+            raise write_error(self.out_dir / "metrics.jsonl", exc) from None
         self.wandb = self._init_wandb(wandb_cfg, config, resume) if wandb_cfg.enabled else None
 
     def _init_wandb(self, wcfg, config: dict, resume: bool):
@@ -190,8 +313,11 @@ class RunLogger:
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in record.items()}
-        self.metrics.write(json.dumps(clean) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(clean) + "\n")
+            self.metrics.flush()
+        except OSError as exc:   # a full disk: the records before stay, the cut line is skipped
+            raise write_error(self.metrics.name, exc) from None
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
