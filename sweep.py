@@ -15,7 +15,9 @@ optimizer.lr= and seed= are refused there: they are what sweep.optimizers/lrs/se
 Learning rates: an optimizer's grid is `sweep.lr_grid.<optimizer>` where the preset has one, else
 `sweep.lrs`. `sweep.lrs=[...]` given on the command line replaces every grid (lr_grid is ignored).
 More axes: `sweep.grid={optimizer.clamp_c:[0.12,0.4]}` runs every value (replacing a fixed
-override of the same key); each value is its own curve.
+override of the same key); each value is its own curve. Variants that are no product (weight
+decay 0 once, 0.1 under each decay style): `sweep.grid_points=[{optimizer.weight_decay:0},...]`,
+each its own curve (times the product of sweep.grid, if any).
 
 Runs: each point (optimizer, lr, grid values, seed) is one train.py process (torchrun when
 sweep.nproc_per_run > 1) with out_dir <sweep.dir>/runs/<run id>; the id is a readable prefix and

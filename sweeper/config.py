@@ -132,6 +132,10 @@ class SweepConfig:
     lrs: List[float] = field(default_factory=list)                   # lr grid of every optimizer
     lr_grid: Dict[str, List[float]] = field(default_factory=dict)    # per optimizer; wins over lrs
     grid: Dict[str, List[Any]] = field(default_factory=dict)         # extra axes: {override key: values}
+    # Listed variants instead of (or times) the product of `grid`: each a {override key: value}
+    # dict, its own curve per optimizer; for arms that are not a product (e.g. weight decay 0
+    # once, not once per decay style).
+    grid_points: List[Dict[str, Any]] = field(default_factory=list)
     seeds: List[int] = field(default_factory=lambda: [0])
     jobs: int = 1                        # runs at once
     nproc_per_run: int = 1               # processes per run (torchrun when > 1)
@@ -166,6 +170,13 @@ class SweepConfig:
         empty = [k for k, v in self.grid.items() if not v]
         if empty:
             raise UserError(f"sweep.grid.{empty[0]} has no values; give a list or drop the axis")
+        shared = sorted({k for gp in self.grid_points for k in gp} & set(self.grid))
+        if shared:
+            raise UserError(f"{shared[0]} is both in sweep.grid and in sweep.grid_points; "
+                            "give each override key in one of them")
+        if len({tuple(sorted((k, str(v)) for k, v in gp.items())) for gp in self.grid_points}) \
+                < len(self.grid_points):
+            raise UserError("sweep.grid_points lists the same variant twice; drop the repeat")
         for name in ("jobs", "nproc_per_run"):
             if getattr(self, name) < 1:
                 raise UserError(f"sweep.{name}={getattr(self, name)} must be at least 1")

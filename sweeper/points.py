@@ -116,9 +116,11 @@ def make_point(opt: str, lr: float, seed: int, grid: dict, setup: list[str],
 
 
 def grid_values(cfg: SweepConfig) -> list[dict]:
-    """Every combination of the extra axes' values ([{}] without axes)."""
+    """Every listed variant (sweep.grid_points) times every combination of the extra axes'
+    values ([{}] without either)."""
     axes = sorted(cfg.grid)
-    return [dict(zip(axes, values)) for values in itertools.product(*(cfg.grid[k] for k in axes))]
+    product = [dict(zip(axes, values)) for values in itertools.product(*(cfg.grid[k] for k in axes))]
+    return [{**dict(variant), **combo} for variant in (cfg.grid_points or [{}]) for combo in product]
 
 
 def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:

@@ -1,5 +1,5 @@
 """`python sweep.py export-wandb ...`: the sweep as W&B grid sweep YAML files in sweep.dir, one
-per distinct lr grid (a W&B grid is one cartesian product), for `wandb sweep` + `wandb agent`.
+per distinct lr grid and listed variant (a W&B grid is one cartesian product), for `wandb sweep` + `wandb agent`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from trainer.outputs import write_atomic
 
 
 def wandb_sweeps(cfg, grids: dict, setup: list[str], launch: list[str]) -> dict[str, dict]:
-    """W&B grid sweeps equivalent to this sweep, one per distinct lr grid (a W&B grid is one
+    """W&B grid sweeps equivalent to this sweep, one per distinct lr grid and variant (a W&B grid is one
     cartesian product): {file name: sweep config}."""
     d = cfg.dir if cfg.dir else f"sweeps/{cfg.name}"
     if cfg.nproc_per_run > 1:
@@ -26,16 +26,20 @@ def wandb_sweeps(cfg, grids: dict, setup: list[str], launch: list[str]) -> dict[
     groups = {}
     for opt, lrs in grids.items():
         groups.setdefault(tuple(lrs), []).append(opt)
+    variants = cfg.grid_points or [{}]   # listed variants are no product: one sweep each
     out = {}
     for lrs, opts in groups.items():
-        name = cfg.name if len(groups) == 1 else f"{cfg.name}_{'_'.join(opts)}"
-        out[f"wandb_{name}.yaml"] = {
-            "name": name, "program": "train.py", "method": "grid",
-            "metric": {"name": METRICS[cfg.metric].name, "goal": "minimize"},
-            "parameters": {"optimizer": {"values": opts}, "optimizer.lr": {"values": list(lrs)},
-                           "seed": {"values": list(cfg.seeds)},
-                           **{k: {"values": list(v)} for k, v in sorted(cfg.grid.items())}},
-            "command": command}
+        for i, variant in enumerate(variants):
+            name = cfg.name if len(groups) == 1 else f"{cfg.name}_{'_'.join(opts)}"
+            name += f"_v{i}" if len(variants) > 1 else ""
+            out[f"wandb_{name}.yaml"] = {
+                "name": name, "program": "train.py", "method": "grid",
+                "metric": {"name": METRICS[cfg.metric].name, "goal": "minimize"},
+                "parameters": {"optimizer": {"values": opts}, "optimizer.lr": {"values": list(lrs)},
+                               "seed": {"values": list(cfg.seeds)},
+                               **{k: {"value": v} for k, v in sorted(dict(variant).items())},
+                               **{k: {"values": list(v)} for k, v in sorted(cfg.grid.items())}},
+                "command": command}
     return out
 
 

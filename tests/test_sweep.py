@@ -94,6 +94,33 @@ def test_cli_lrs_replace_preset_grids_and_grid_axes():
     assert "optimizer.clamp_c=0.4" in next(p for p in pts if p.grid["optimizer.clamp_c"] == 0.4).overrides
 
 
+
+def test_grid_points_are_listed_variants_times_the_grid_product():
+    pts = points_of(["sweep=namo_decay"])
+    variants = {tuple(sorted(p.grid.items())) for p in pts}
+    assert variants == {(("optimizer.weight_decay", 0.0),),
+                        (("optimizer.decay_style", "adaptive"), ("optimizer.weight_decay", 0.1)),
+                        (("optimizer.decay_style", "decoupled"), ("optimizer.weight_decay", 0.1))}
+    assert len(pts) == 2 * 4 * 3 * 2 and len({p.curve for p in pts}) == 6
+    assert len({p.run_id for p in pts}) == len(pts)
+    one = next(p for p in pts if p.grid.get("optimizer.decay_style") == "decoupled")
+    assert {"optimizer.decay_style=decoupled", "optimizer.weight_decay=0.1"} <= set(one.overrides)
+    # times the product of sweep.grid: 3 variants x 2 momenta
+    pts = points_of(["sweep=namo_decay", "sweep.grid={optimizer.momentum:[0.9,0.95]}"])
+    assert len({p.curve for p in pts}) == 2 * 3 * 2
+
+
+def test_wandb_export_one_sweep_per_listed_variant():
+    from sweeper.points import plan
+    from sweeper.wandb_export import wandb_sweeps
+
+    pl = plan(["sweep=namo_decay"], [])
+    out = wandb_sweeps(pl.cfg, pl.grids, pl.setup, pl.launch)
+    assert len(out) == 3
+    fixed = sorted(tuple(sorted((k, v["value"]) for k, v in sw["parameters"].items() if "value" in v))
+                   for sw in out.values())
+    assert fixed[0] == (("optimizer.decay_style", "adaptive"), ("optimizer.weight_decay", 0.1))
+
 # The committed results (docs/results/<study>/results.csv) and the commands of their READMEs:
 # the same points must keep their run ids, or a sweep started before would not resume after.
 # cpu_ordering's runs predate the preset's `model.bias=true model.pad_vocab_to=64` (the same
