@@ -3,6 +3,7 @@
     python sweep.py sweep=cpu_ordering                         # baby GPT, 4 optimizers x 7 lrs
     python sweep.py sweep=cpu_ordering sweep.seeds=[0,1,2] sweep.jobs=2
     python sweep.py sweep=namo_gpt2 sweep.optimizers=[adamw,namo_d] wandb.enabled=true
+    python sweep.py sweep=namo_gpt2 sweep.launcher=slurm sweep.slurm.partition=gpu   # SLURM jobs
     python sweep.py sweep=cpu_ordering sweep.lrs=[1e-3,3e-3] train.max_iters=400 sweep.dir=sweeps/short
     python sweep.py report sweep.dir=sweeps/cpu_ordering       # rebuild the outputs from what finished
     python sweep.py export-wandb sweep=namo_gpt2                # the same grid as W&B sweep YAML
@@ -20,8 +21,11 @@ decay 0 once, 0.1 under each decay style): `sweep.grid_points=[{optimizer.weight
 each its own curve (times the product of sweep.grid, if any).
 
 Runs: each point (optimizer, lr, grid values, seed) is one train.py process (torchrun when
-sweep.nproc_per_run > 1) with out_dir <sweep.dir>/runs/<run id>; the id is a readable prefix and
-a hash of the run's overrides, so the same point is never run twice. Up to sweep.jobs run at
+sweep.nproc_per_run > 1) with out_dir <sweep.dir>/runs/<run id>, on this machine
+(sweep.launcher=local) or as a SLURM job (sweep.launcher=slurm, resources sweep.slurm.*:
+sweeper/slurm.py; the job id is kept in the run directory, a preempted job is requeued and
+resumes from its checkpoint). The run id is a readable prefix and a hash of the run's
+overrides, so the same point is never run twice. Up to sweep.jobs run at
 once, each on its own GPUs (CUDA_VISIBLE_DEVICES) or its share of the CPU cores (threads=).
 Re-running the same command resumes: completed and diverged runs are kept, the others (never
 started, interrupted, failed) are launched with resume=true. A lock held while a run's process
@@ -58,14 +62,19 @@ REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:
     p = plan(sweep_args, train_args)
     cfg, d = p.cfg, p.cfg.path
-    gpus, threads = resources(cfg, p.device)
+    # SLURM jobs get their resources from sweep.slurm.*, not from this machine
+    gpus, threads = resources(cfg, p.device) if cfg.launcher != "slurm" else ([], 0)
     check_identity(d, cfg.name, p.setup)
     record_sweep(p, argv)
     where = f"GPUs {','.join(gpus)}" if gpus else f"CPU, {threads} thread(s) per process"
     later = " (then bracketing, held-out seeds and budgets as results come in)" \
         if cfg.max_extend or cfg.confirm_seeds or cfg.baseline_budgets else ""
-    print(f"sweep {cfg.name}: stage 1 has {len(p.points)} runs{later}, {cfg.jobs} at once x "
-          f"{cfg.nproc_per_run} process(es) ({where}); results in {d}")
+    if cfg.launcher == "slurm":
+        at_once = f"SLURM jobs of {cfg.nproc_per_run} process(es), " \
+                  f"{cfg.slurm.array_parallelism} at once at most"
+    else:
+        at_once = f"{cfg.jobs} at once x {cfg.nproc_per_run} process(es) ({where})"
+    print(f"sweep {cfg.name}: stage 1 has {len(p.points)} runs{later}, {at_once}; results in {d}")
     completed = run_stages(p, gpus, threads, on_end=lambda: write_results(d, collect(d)))
     write_outputs(d, cfg, p.setup)
     print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'report.md'}")

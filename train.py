@@ -2,11 +2,16 @@
 
     python train.py                                   # baby GPT on shakespeare_char, AdamW
     python train.py optimizer=namo_d optimizer.lr=3e-3
+    python train.py -m optimizer=adamw,muon optimizer.lr=1e-3,3e-3   # Hydra multirun: 4 jobs
     torchrun --standalone --nproc_per_node=4 train.py model=gpt2 data=openwebtext
 
-Outputs in out_dir: config.yaml, metrics.jsonl, summary.json, ckpt.pt (see README).
-SIGTERM, SIGUSR1 or SIGINT: the step ends, then ckpt.pt, summary.json (status interrupted) and
-exit code 3; run the same command with resume=true to go on (trainer/stop.py).
+A Hydra application (configs/config.yaml): Hydra's whole command line works (-m, --cfg job,
+--info, -sc, hydra.* and hydra/launcher=...); a bad input is still one `error: ...` line and
+exit code 2 (configs.run_hydra). `run(cfg)` runs one config, as sweeps and tests call it.
+Outputs in out_dir (Hydra's output directory unless given): config.yaml, metrics.jsonl,
+summary.json, ckpt.pt, .hydra/ (see README).
+SIGTERM, SIGUSR1, SIGUSR2 or SIGINT: the step ends, then ckpt.pt, summary.json (status
+interrupted) and exit code 3; run the same command with resume=true to go on (trainer/stop.py).
 """
 from __future__ import annotations
 
@@ -18,16 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 
-from configs import load_config, to_object
+from configs import CONFIG_DIR, check, run_hydra, to_object
 from configs.errors import UserError, run_cli
 from trainer import checkpoint
 from trainer.distributed import DistEnv, exit_rank, on_rank0, setup, teardown
 from trainer.loop import (DivergenceWatch, Progress, StepTimer, evaluate, final_eval, finish,
                           forward_backward, optimizer_step, set_lr)
 from trainer.outputs import (EXIT_INTERRUPTED, FileLock, RunLogger, Status, prepare_out_dir,
-                             truncate_metrics, write_atomic)
+                             read_metrics, truncate_metrics, write_atomic, write_hydra_record)
+from trainer.provenance import provenance
 from trainer.stop import GracefulStop
 
 # Peak dense bf16 FLOP/s by device name, for MFU; the first name found in the device's wins,
@@ -47,17 +54,18 @@ def make_autocast(device: str, dtype: str):
     return lambda: torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
 
 
-def start_or_resume(cfg, env: DistEnv) -> tuple[bool, FileLock | None]:
+def start_or_resume(cfg, env: DistEnv) -> tuple[bool, Path, FileLock | None]:
     """Rank 0 prepares and locks out_dir (refusing another live writer, or to overwrite another
-    run) and decides; all agree. Returns (resume, the lock: rank 0's, None on the others)."""
+    run) and decides; all agree, on rank 0's out_dir too (a default one follows each process's
+    clock). Returns (resume, out_dir, the lock: rank 0's, None on the others)."""
     held = []
 
-    def prepare() -> bool:
+    def prepare() -> tuple[bool, str]:
         resuming, lock = prepare_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
         held.append(lock)
-        return resuming
-    resuming = on_rank0(env, prepare)
-    return bool(resuming), (held[0] if held else None)
+        return resuming, str(cfg.out_dir)
+    resuming, out_dir = on_rank0(env, prepare)
+    return bool(resuming), Path(out_dir), (held[0] if held else None)
 
 
 def peak_flops_of(device_name: str) -> float | None:
@@ -130,18 +138,24 @@ def run(cfg_node) -> dict:
     # A task with a finite train set (grokking) serves at most the whole set per batch.
     sequences = t.batch_size if task.train_size is None else min(t.batch_size, task.train_size)
     progress = Progress(tokens_per_step=sequences * task.block_size * t.grad_accum_steps)
-    out_dir = Path(cfg.out_dir)
-    resuming, lock = start_or_resume(cfg, env)   # rank 0 holds out_dir's train.lock from here
+    resuming, out_dir, lock = start_or_resume(cfg, env)   # rank 0 holds out_dir's train.lock
+    cfg.out_dir = str(out_dir)
     try:
         if resuming:
             progress.step, progress.best_val = checkpoint.restore(
                 out_dir, model=model, optimizer=optimizer, scaler=scaler, device=device,
                 config=config)
             log(f"resumed from {out_dir / checkpoint.FILE} at step {progress.step}")
+        record = provenance(env) if env.is_main else {}
+        sent = set()   # (step, is a train record) of the records a resumed run sent before
 
         def write_start() -> list:
+            if resuming:
+                sent.update((r.get("step"), "lr" in r) for r in read_metrics(out_dir))
             kept = truncate_metrics(out_dir, progress.step) if resuming else []
-            write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg_node))
+            write_atomic(out_dir / "config.yaml",
+                         OmegaConf.to_yaml({**config, "provenance": record}))
+            write_hydra_record(out_dir, config)
             return [r for r in kept if "val/loss" in r]
         progress.history = on_rank0(env, write_start) or []
 
@@ -153,8 +167,9 @@ def run(cfg_node) -> dict:
         r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, cfg, env), raw_model=raw_model,
                 optimizer=optimizer, scaler=scaler, autocast=autocast, accum=accum,
                 progress=progress, out_dir=out_dir, config=config, peak=peak,
-                flops_per_step=flops_per_step, log=log,
-                logger=RunLogger(out_dir, cfg.wandb, config, resuming) if env.is_main else None,
+                flops_per_step=flops_per_step, log=log, provenance=record,
+                logger=RunLogger(out_dir, cfg.wandb, {**config, "provenance": record}, resuming,
+                                 sent) if env.is_main else None,
                 bar=tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
                          dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0),
                 stop=GracefulStop(env))
@@ -183,6 +198,7 @@ class Run:
     peak: float | None        # FLOP/s of all ranks, for MFU
     flops_per_step: float
     log: Any
+    provenance: dict          # rank 0's reproducibility record (trainer/provenance.py)
     logger: RunLogger | None
     bar: Any
     stop: GracefulStop        # the signal handlers, installed while run() trains
@@ -304,31 +320,33 @@ class Run:
 
     def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = finish(self.progress, status, self.task, self.raw_model, self.env, error)
+        summary.extra["provenance"] = self.provenance
+        # the Newton-Schulz dtype ns_dtype=auto resolved to (optim/capability.py); null: none run
+        summary.extra["ns_dtype"] = getattr(self.optimizer, "ns_dtype", None)
         if self.logger:
             summary.write(self.out_dir)
             self.logger.finish(summary)
             self.log(f"{status}: " + ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()
-                                               if v is not None))
+                                               if v is not None and not isinstance(v, dict)))
         return summary.to_dict()
 
 
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def job(cfg_node) -> None:
+    """One Hydra job (the run, or each job of -m): its config checked, then run(). Bad input
+    (one `error: ...` line, code 2) or a run a signal stopped (EXIT_INTERRUPTED, 3) ends the
+    process, and a -m sweep with it, with that code (past Hydra's report of a failed job)."""
+    def work() -> int:
+        check(cfg_node)   # resolved (${hydra:runtime.output_dir}: out_dir), +keys in the schema
+        return exit_code(run(cfg_node))
+    code = run_cli(work)
+    if code:
+        raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        from configs import config_groups
-        print(__doc__)
-        print("config groups (group=choice):")
-        for group, choices in config_groups().items():
-            if group != "sweep":  # sweep presets belong to sweep.py
-                print(f"  {group}: {', '.join(choices)}")
-        print("model=gpt2, gpt2-medium, gpt2-large also set GPT-2's training shape: "
-              "train.block_size=1024, train.batch_size=12, train.grad_accum_steps=40 "
-              "(command-line values of these keys still win).")
-        return 0
-    if argv and argv[0] == "--cfg":   # Hydra's `--cfg job`: print the checked config, run nothing
-        rest = argv[2:] if len(argv) > 1 and argv[1] in ("job", "all") else argv[1:]
-        return run_cli(lambda: print_config(rest))
-    return run_cli(lambda: exit_code(run(load_config(argv))))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_cli(lambda: run_hydra(job, argv, prog="train.py"))
 
 
 def exit_code(summary: dict) -> int:
@@ -336,15 +354,11 @@ def exit_code(summary: dict) -> int:
     return EXIT_INTERRUPTED if summary["status"] == Status.INTERRUPTED else 0
 
 
-def print_config(overrides: list[str]) -> None:
-    from omegaconf import OmegaConf
-    cfg = load_config(overrides)
-    to_object(cfg)   # every key checked, as a run would
-    print(OmegaConf.to_yaml(cfg), end="")
-
-
 if __name__ == "__main__":
-    code = main()
+    # The job by its module's name, not __main__'s: launchers that pickle it for another process
+    # (hydra/launcher=submitit_slurm) then pickle a reference, not this script's globals.
+    import train
+    code = train.main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         exit_rank(code)  # its run is finished and written; see trainer/distributed.py
     sys.exit(code)

@@ -35,7 +35,8 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    out_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}"
+    # Hydra's output directory: hydra.run.dir (runs/<date>_<time>), or each -m job's own
+    out_dir: str = "${hydra:runtime.output_dir}"
     resume: bool = False
     overwrite: bool = False              # allow a fresh run into an out_dir that holds one
     seed: int = 1337

@@ -21,7 +21,14 @@ corpus's characters (65 for Tiny Shakespeare).
 The output is valid only once meta.json exists and agrees with the .bin sizes: the .bin files
 are written as *.bin.tmp, renamed, and meta.json is written last, so an interrupted prepare
 leaves a folder that training treats as not prepared. A write that fails (a full disk) is one
-UserError naming the file, and a dataset prepared before stays valid.
+UserError naming the file (its partial files are removed), and a dataset prepared before stays
+valid.
+Resume: tokens are written chunk by chunk (data.chunk_docs documents, or raw-text pieces), and
+after each chunk the .bin.tmp is synced and `prepare.progress.json` records the chunks done, so
+a prepare that is killed (SIGKILL, SIGTERM, Ctrl-C) resumes from its last finished chunk when
+the same command runs again (OpenWebText takes hours). The record names what decides the
+bytes (source files with sizes and mtimes, tokenizer, split, chunking); if any of it changed,
+the partial files are discarded and the prepare starts over.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ from trainer.outputs import write_atomic, write_error
 SPLITS = ("train", "val")
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 PIECE_CHARS = 1 << 14  # a raw text is tokenized in pieces of about this many characters
+PROGRESS = "prepare.progress.json"   # an unfinished prepare's chunks done, for a resume
 
 
 def dataset_dir(cfg) -> Path:
@@ -192,7 +200,9 @@ def raw_text_source(cfg, paths):
                         f"{n} characters: too few for a train and a val split (data.val_fraction="
                         f"{cfg.val_fraction}); point data.source at more text")
     spans = {"train": (0, cut), "val": (cut, n)}
-    splits = {s: (b - a, lambda a=a, b=b: batched(text_pieces(paths, a, b), cfg.chunk_docs))
+    # batches(start): the batches from number `start` on (the text before is read and skipped)
+    splits = {s: (b - a, lambda start=0, a=a, b=b: itertools.islice(
+                  batched(text_pieces(paths, a, b), cfg.chunk_docs), start, None))
               for s, (a, b) in spans.items()}
     return splits, chars, "chars"
 
@@ -249,15 +259,16 @@ def table_source(cfg, paths, cache_dir):
         raise UserError(f"cannot split {len(ds)} documents with data.val_fraction={cfg.val_fraction} ({exc})")
     parts = {"train": parts["train"], "val": parts["test"]}  # nanoGPT renames test to val
 
-    def batches(part):
-        for rows in part.iter(batch_size=cfg.chunk_docs):
-            yield rows[cfg.text_field]
+    def batches(part, start=0):
+        """The batches of chunk_docs documents from number `start` on."""
+        for i in range(start * cfg.chunk_docs, len(part), cfg.chunk_docs):
+            yield part[i:i + cfg.chunk_docs][cfg.text_field]
 
     chars = set()
     if cfg.tokenizer == "char":
         for texts in batches(ds):
             chars.update(*texts)
-    splits = {s: (len(p), lambda p=p: batches(p)) for s, p in parts.items()}
+    splits = {s: (len(p), lambda start=0, p=p: batches(p, start)) for s, p in parts.items()}
     return splits, chars, "docs"
 
 
@@ -304,13 +315,72 @@ def locked(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_tokens(path: Path, batches, encode, eot, dtype, bar) -> tuple[int, str]:
-    """Tokenize batch by batch, appending to `path`; returns (token count, sha256). A failed
-    write (a full disk) is a UserError naming the split's file."""
-    count, sha = 0, hashlib.sha256()
+class Progress:
+    """prepare.progress.json: per split, the chunks written to its .bin.tmp (and their bytes
+    and tokens), under the identity of what decides those bytes. Saved after every chunk, once
+    the .bin.tmp is on disk, so the record never claims bytes a crash could lose."""
+
+    def __init__(self, folder: Path, identity: dict):
+        self.path, self.identity = folder / PROGRESS, identity
+        self.splits: dict = {}
+
+    def load(self, tmp: dict) -> None:
+        """Take over a previous prepare's record if it is this prepare's (same identity) and its
+        files hold what it claims; else start over (and say why, when there was one)."""
+        try:
+            saved = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            saved = {}
+        short = [s for s, rec in saved.get("splits", {}).items()
+                 if not tmp[s].exists() or tmp[s].stat().st_size < rec["bytes"]]
+        if saved.get("identity") != self.identity or short:
+            print(f"{self.path.parent}: an unfinished prepare of other inputs (or with missing "
+                  "files) was there; starting over")
+            self.discard(tmp)
+            return
+        self.splits = saved["splits"]
+
+    def chunks_done(self, split: str) -> dict:
+        return self.splits.get(split, {"chunks": 0, "bytes": 0, "tokens": 0})
+
+    def save(self, split: str, f, chunks: int, tokens: int) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        self.splits[split] = {"chunks": chunks, "bytes": f.tell(), "tokens": tokens}
+        write_atomic(self.path, json.dumps({"identity": self.identity, "splits": self.splits}))
+
+    def discard(self, tmp: dict) -> None:
+        for p in [*tmp.values(), self.path]:
+            p.unlink(missing_ok=True)
+        self.splits = {}
+
+
+def identity(cfg, paths: list[Path], source: str) -> dict:
+    """What decides the bytes a prepare writes: a resume continues only the same prepare."""
+    files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    return {"name": cfg.name, "tokenizer": cfg.tokenizer, "source": source, "files": files,
+            "hf_name": cfg.hf_name, "text_field": cfg.text_field, "val_fraction": cfg.val_fraction,
+            "split_seed": cfg.split_seed, "chunk_docs": cfg.chunk_docs, "piece_chars": PIECE_CHARS}
+
+
+def write_tokens(path: Path, split: str, batches, encode, eot, dtype, bar,
+                 progress: Progress) -> tuple[int, str]:
+    """Tokenize batch by batch, appending to `path`, from the first chunk `progress` does not
+    have; returns (token count, sha256). A failed write (a full disk) is a UserError naming
+    the split's file."""
+    done = progress.chunks_done(split)
+    count, sha = done["tokens"], hashlib.sha256()
     try:
-        with open(path, "wb") as f:
-            for texts in batches:
+        if done["chunks"]:
+            with open(path, "r+b") as f:   # drop a chunk written after the last record
+                f.truncate(done["bytes"])
+                while block := f.read(1 << 24):
+                    sha.update(block)
+            print(f"{path.name}: resuming after chunk {done['chunks']} ({count:,} tokens written)")
+        with open(path, "ab" if done["chunks"] else "wb") as f:
+            for chunk, texts in enumerate(batches(done["chunks"]), start=done["chunks"] + 1):
                 ids = encode(texts)
                 if eot is not None:
                     for doc in ids:
@@ -319,6 +389,7 @@ def write_tokens(path: Path, batches, encode, eot, dtype, bar) -> tuple[int, str
                 f.write(block)
                 sha.update(block)
                 count += len(block) // dtype.itemsize
+                progress.save(split, f, chunk, count)
                 bar.update(len(texts) if bar.unit == "docs" else sum(map(len, texts)))  # docs or chars
     except OSError as exc:
         raise write_error(path.with_suffix(""), exc) from None
@@ -353,6 +424,8 @@ def _prepare(cfg, folder: Path) -> dict:
                         f"({', '.join(map(str, paths))}); use one kind")
 
     tmp = {s: folder / f"{s}.bin.tmp" for s in SPLITS}
+    progress = Progress(folder, identity(cfg, paths, source))
+    progress.load(tmp)
     with tempfile.TemporaryDirectory() as cache_dir:  # local tables' Arrow cache, thrown away after
         splits, chars, unit = (table_source(cfg, tables, cache_dir) if tables or not paths
                                else raw_text_source(cfg, paths))
@@ -362,17 +435,21 @@ def _prepare(cfg, folder: Path) -> dict:
         try:
             for split, (total, batches) in splits.items():
                 with tqdm(total=total, unit=unit, unit_scale=True, desc=f"{cfg.name} {split}") as bar:
+                    if unit == "docs":
+                        bar.update(min(total, progress.chunks_done(split)["chunks"] * cfg.chunk_docs))
                     # end-of-text after documents, never inside a raw text's pieces
                     tokens[split], sha256[split] = write_tokens(
-                        tmp[split], batches(), encode, eot if unit == "docs" else None, dtype, bar)
-            # A previous dataset here stays valid until this point; from here until the new
-            # meta.json lands the folder is "not prepared".
-            (folder / "meta.json").unlink(missing_ok=True)
-            for split in SPLITS:
-                os.replace(tmp[split], folder / f"{split}.bin")
-        finally:
-            for p in tmp.values():
-                p.unlink(missing_ok=True)
+                        tmp[split], split, batches, encode, eot if unit == "docs" else None,
+                        dtype, bar, progress)
+        except UserError:
+            progress.discard(tmp)   # a failed write: free the disk (a kill keeps them to resume)
+            raise
+        # A previous dataset here stays valid until this point; from here until the new
+        # meta.json lands the folder is "not prepared".
+        (folder / "meta.json").unlink(missing_ok=True)
+        for split in SPLITS:
+            os.replace(tmp[split], folder / f"{split}.bin")
+        progress.path.unlink(missing_ok=True)
 
     meta = {"name": cfg.name, "tokenizer": cfg.tokenizer, "vocab_size": vocab_size,
             "dtype": dtype.name, "eot_token": eot, "tokens": tokens, "sha256": sha256,

@@ -20,6 +20,7 @@ class CombinedOptimizer(torch.optim.Optimizer):
             raise UserError("the optimizer has no parameters to train; check "
                             "optimizer.matrix_patterns / optimizer.vector_patterns")
         self.parts = parts
+        self.ns_dtype: str | None = None   # the matrix part's Newton-Schulz dtype, for summary.json
         super().__init__(self._groups(), defaults={})
         self.state = ChainMap(*(opt.state for opt in parts.values()))  # a read-only view
         self._built = True

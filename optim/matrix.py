@@ -3,8 +3,11 @@ in one process or shared across the ranks of torch.distributed, with ZeRO-1 stat
 checkpoints that load at any world size.
 
 A param group holds the matrices of one shape (a split (3C, C) q/k/v weight counts as three
-(C, C) matrices), its hyperparameters and `matrix_shape`; each step the group's matrices are
-stacked into one (S, m, n) tensor, so the transform is one batched call per shape.
+(C, C) matrices), its hyperparameters and `matrix_shape`; each step the precondition writes the
+group's matrices into one (S, m, n) stack, so the transform is one batched call per shape. On
+CPU the stack and the transform's buffers persist from step to step (a Workspace per group:
+torch's CPU allocator returns large blocks to the OS, so fresh ones page-fault on every step);
+on GPUs the caching allocator already reuses memory, and nothing is kept.
 
 Under torch.distributed (torchrun, world size W > 1) the matrix-sized work is shared: each shape
 group's stack of S matrices is cut into W slices of k = ceil(S / W) rows, rank r transforms rows
@@ -19,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from optim.rules import Chain, apply_update
+from optim.spectral import Workspace
 
 
 def world_and_rank(distributed: bool) -> tuple[int, int]:
@@ -48,32 +52,42 @@ class MatrixOptimizer(torch.optim.Optimizer):
         self.world, self.rank = world_and_rank(distributed or shard_state)
         self.shard_state = shard_state and self.world > 1
         self._full_state = None   # consolidate_state_dict()'s result, for one state_dict()
+        self._work: dict[int, Workspace] = {}   # per group index, CPU only (see the module doc)
         super().__init__(groups, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = None if closure is None else torch.enable_grad()(closure)()   # closure() with grad
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
+            work = self._workspace(i, params[0].device) if params else None
             if params and self.shard_state:
-                self._update_own_rows(group)
+                self._update_own_rows(group, work)
             elif params:
                 m, n = group["matrix_shape"]
                 self._run_chain(group, [p.view(-1, m, n) for p in params],
                                 [p.grad.view(-1, m, n) for p in params],
-                                [self.state[p] for p in params], self._transform)
+                                [self.state[p] for p in params], self._transform, work)
         return loss
 
+    def _workspace(self, index: int, device: torch.device) -> Workspace | None:
+        if device.type != "cpu":
+            return None
+        return self._work.setdefault(index, Workspace())
+
     def _run_chain(self, group: dict, W: list[Tensor], G: list[Tensor], states: list[dict],
-                   transform) -> None:
-        """The chain on the (-1, m, n) views W with gradients G: precondition, `transform` on the
-        stack, step size, W <- rho W - eta D."""
+                   transform, work: Workspace | None) -> None:
+        """The chain on the (-1, m, n) views W with gradients G: precondition into the stack X,
+        `transform` on it, step size, W <- rho W - eta D."""
         for s in states:  # the matrices of a group step together
             s["step"] = s.get("step", 0) + 1
-        X = torch.cat(self.chain.precondition(group, G, states))
-        D = transform(group, X)
+        shape = (sum(len(g) for g in G), *G[0].shape[1:])
+        X = (G[0].new_empty(shape) if work is None
+             else work.get("stack", shape, G[0].dtype, G[0].device))
+        self.chain.precondition(group, G, states, list(X.split([len(g) for g in G])))
+        D = transform(group, X, work)
         eta, rho = self.chain.step_size(group, G, X, states)
-        apply_update(W, D, eta, rho, [len(w) for w in W])
+        apply_update(W, D, eta, rho, [len(w) for w in W], work)
 
     # ---- distributed: a share of the rows per rank -----------------------------------------
 
@@ -97,14 +111,14 @@ class MatrixOptimizer(torch.optim.Optimizer):
         dist.gather(mine.contiguous(), parts, dst=to)
         return torch.cat(parts)[:S] if parts else None
 
-    def _transform(self, group: dict, X: Tensor) -> Tensor:
+    def _transform(self, group: dict, X: Tensor, work: Workspace | None = None) -> Tensor:
         """The transform of the whole stack. Across ranks: each transforms its rows, and the
         results are gathered in the dtype that holds them exactly (bf16 for Newton-Schulz in
         bf16), then cast back; an identity transform is not shared at all."""
         if self.world == 1 or self.chain.identity(group):
-            return self.chain.transform(group, X)
+            return self.chain.transform(group, X, work)
         k, lo, hi = self._rows(len(X))
-        mine = self.chain.transform(group, X[lo:hi]) if hi > lo else X[lo:hi]
+        mine = self.chain.transform(group, X[lo:hi], work) if hi > lo else X[lo:hi]
         dtype = self.chain.result_dtype(group, X)
         return self._gather_rows(mine.to(dtype), k, len(X)).to(X.dtype)
 
@@ -124,7 +138,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
             start += len(w)
         return W, own, k, S
 
-    def _update_own_rows(self, group: dict) -> None:
+    def _update_own_rows(self, group: dict, work: Workspace | None) -> None:
         """ZeRO-1: the chain on this rank's rows with their (sharded) state, then the updated
         rows of every rank are all-gathered into the parameters."""
         m, n = group["matrix_shape"]
@@ -133,7 +147,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
         if stepping:
             self._run_chain(group, [p.view(-1, m, n)[rows] for p, rows in stepping],
                             [p.grad.view(-1, m, n)[rows] for p, rows in stepping],
-                            [self.state[p] for p, _ in stepping], self.chain.transform)
+                            [self.state[p] for p, _ in stepping], self.chain.transform, work)
         mine = torch.cat([p.view(-1, m, n)[rows] for p, rows in own]) if own else W[0][:0]
         full = self._gather_rows(mine, k, S)
         torch._foreach_copy_(W, list(full.split([len(w) for w in W])))

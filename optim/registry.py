@@ -39,8 +39,9 @@ from optim.config import OptimizerConfig
 from optim.matrix import MatrixOptimizer
 from optim.params import (decay_groups, log_split, named_params, shape_groups, split_params,
                           summarize)
+from optim import capability
 from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball, namo_d_step,
-                         namo_step, ns_result_dtype, orthogonalize_transform,
+                         namo_step, newton_schulz_dtype, ns_result_dtype, orthogonalize_transform,
                          rank_limited_transform, spectral_identity, spectral_power_transform,
                          spectral_result_dtype)
 
@@ -174,7 +175,15 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
                   if opt is not None and opt.world > 1 else "")
         log_split(log, matrix, vector,
                   f"{cfg.name}, stacked by shape as {stacks or 'nothing'}{shared}")
-        return with_backup(opt, vector, cfg)
+        combined = with_backup(opt, vector, cfg)
+        if opt is not None and (dtype := newton_schulz_dtype(chain, opt.param_groups[0],
+                                                             matrix[0][1].device)) is not None:
+            combined.ns_dtype = str(dtype).removeprefix("torch.")
+            why = (capability.ns_auto(matrix[0][1].device.type).reason
+                   if cfg.ns_dtype == "auto" else "set explicitly")
+            log(f"optimizer: Newton-Schulz in {combined.ns_dtype} (optimizer.ns_dtype="
+                f"{cfg.ns_dtype}: {why})")
+        return combined
     return build
 
 

@@ -5,10 +5,13 @@ The papers' unified view: momentum -> normalization -> spectral transform -> ada
 shape scale -> weight decay. A `Chain` has three links:
 
   precondition  per parameter, elementwise, with state (torch._foreach ops): Muon's EMA
-                momentum, heavy-ball momentum, or Adam's m̂ / (sqrt(v̂) + eps);
+                momentum, heavy-ball momentum, or Adam's m̂ / (sqrt(v̂) + eps), written straight
+                into the engine's (S, m, n) stack (no per-step temporaries, no torch.cat);
   transform     ONE batched call on the (S, m, n) stack of a shape group: Newton-Schulz, the SVD
                 polar factor, U Σ^p Vᵀ, the top-r polar factor (kernels in optim/spectral.py).
-                This is the only matrix-sized work, the one call a distributed engine shards;
+                This is the only matrix-sized work, the one call a distributed engine shards.
+                Given the engine's Workspace (CPU) it may return D in its result_dtype, in
+                the workspace's memory, valid until the group's next transform;
   step_size     per matrix or per column: lr, adaptive scale (NAMO, NAMO-D), shape scale and the
                 weight-decay factor, as (eta, rho) for W <- rho W - eta D (apply_update).
 
@@ -25,19 +28,18 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from optim import spectral
+from optim import capability, spectral
 from optim.config import NS_DTYPES
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in NS_DTYPES}
 
 
 def resolve_ns_dtype(name: str, device: torch.device) -> torch.dtype:
-    """optimizer.ns_dtype -> the Newton-Schulz matmul dtype. auto: bfloat16 on GPUs (Muon's
-    choice: fast tensor cores, accurate enough), float32 elsewhere, since a CPU without native
-    bf16 (no AVX512-BF16/AMX) runs bf16 matmuls 20-30x slower than float32 (a 128 x 512 x 128
-    product: 9.7 ms vs 0.36 ms on this project's 2-core AMD EPYC)."""
+    """optimizer.ns_dtype -> the Newton-Schulz matmul dtype: an explicit dtype as given; auto by
+    what the device's matmuls are fast in (optim/capability.py: bf16 on CUDA and on CPUs with
+    AVX512-BF16/AMX, float32 on other CPUs)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return capability.ns_auto(torch.device(device).type).dtype
     return TORCH_DTYPES[name]
 
 
@@ -51,23 +53,30 @@ def _zeros(states: list[dict], key: str, shapes, like: Tensor) -> list[Tensor]:
 
 # ---- precondition: per-parameter elementwise links -------------------------------------------
 
-def ema_momentum(group, grads, states):
+# Each writes its result into `out`, the engine's views of the stack (one per parameter), with
+# in-place ops on a copy: the same kernels as their out-of-place forms, so the same numbers.
+
+def ema_momentum(group, grads, states, out):
     """Muon's B <- mu B + (1 - mu) G; with Nesterov the update uses (1 - mu) G + mu B."""
     mu = group["momentum"]
     bufs = _zeros(states, "momentum_buffer", [g.shape for g in grads], grads[0])
     torch._foreach_lerp_(bufs, grads, 1 - mu)
-    return torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
+    if group["nesterov"]:
+        torch._foreach_copy_(out, grads)
+        torch._foreach_lerp_(out, bufs, mu)         # lerp(G, B, mu)
+    else:
+        torch._foreach_copy_(out, bufs)
 
 
-def heavy_ball(group, grads, states):
+def heavy_ball(group, grads, states, out):
     """mSGD's B <- mu B + G."""
     bufs = _zeros(states, "momentum_buffer", [g.shape for g in grads], grads[0])
     torch._foreach_mul_(bufs, group["momentum"])
     torch._foreach_add_(bufs, grads)
-    return bufs
+    torch._foreach_copy_(out, bufs)
 
 
-def adam_normalize(group, grads, states):
+def adam_normalize(group, grads, states, out):
     """Adam's bias-corrected, RMS-normalized update m̂ / (sqrt(v̂) + eps)."""
     (b1, b2), t = group["betas"], states[0]["step"]
     m = _zeros(states, "exp_avg", [g.shape for g in grads], grads[0])
@@ -78,27 +87,27 @@ def adam_normalize(group, grads, states):
     denom = torch._foreach_sqrt(v)
     torch._foreach_div_(denom, math.sqrt(1 - b2 ** t))
     torch._foreach_add_(denom, group["eps"])
-    out = torch._foreach_div(m, denom)
+    torch._foreach_copy_(out, m)
+    torch._foreach_div_(out, denom)
     torch._foreach_div_(out, 1 - b1 ** t)
-    return out
 
 
 # ---- transform: one batched call per shape group (the kernels are optim/spectral.py's) -------
 
-def orthogonalize_transform(group, X: Tensor) -> Tensor:
+def orthogonalize_transform(group, X: Tensor, work=None) -> Tensor:
     """Muon's O: quintic Newton-Schulz on X / ||X||_F, or the exact U Vᵀ with ns=svd."""
     return spectral.orthogonalize(X, method=group["ns"], steps=group["ns_steps"],
                                   dtype=resolve_ns_dtype(group["ns_dtype"], X.device),
-                                  eps=group["ns_eps"])
+                                  eps=group["ns_eps"], work=work)
 
 
-def rank_limited_transform(group, X: Tensor) -> Tensor:
+def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:
     """U_r V_rᵀ from the top r singular directions; rank None = the full polar factor."""
     r = group["rank"]
     return spectral.polar_svd(X) if r is None else spectral.top_rank_polar(X, r)
 
 
-def spectral_power_transform(group, X: Tensor) -> Tensor:
+def spectral_power_transform(group, X: Tensor, work=None) -> Tensor:
     """Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04669); p = 1 is the identity."""
     p = group["power"]
     if p == 1:
@@ -106,7 +115,8 @@ def spectral_power_transform(group, X: Tensor) -> Tensor:
     return spectral.spectral_power(X, p, steps=group["coupled_steps"], ns_steps=group["ns_steps"],
                                    ns_eps=group["ns_eps"],
                                    method="svd" if group["ns"] == "svd" else "iterative",
-                                   ns_dtype=resolve_ns_dtype(group["ns_dtype"], X.device))
+                                   ns_dtype=resolve_ns_dtype(group["ns_dtype"], X.device),
+                                   work=work)
 
 
 # ---- step size: lr, adaptive and shape scales, weight decay -> (eta, rho) -----------------------
@@ -134,10 +144,10 @@ def namo_step(group, grads, X, states):
     """NAMO: v <- mu2 v + (1 - mu2) ||G||_F^2 per matrix, alpha = lr_t ||M||_F / (sqrt(v) + eps);
     eta = min(alpha s, 1); rho = 1 - wd min(alpha, 1) (adaptive) or 1 - lr_t wd (decoupled)."""
     lr_t, blocks = _namo_lr(group, states[0]["step"]), [len(g) for g in grads]
-    G = torch.cat(grads).float()
-    v = _zeros(states, "grad_norm_sq", [(k,) for k in blocks], G)
-    g_norm_sq = torch.linalg.vector_norm(G, dim=(1, 2)).square()                    # (S,)
-    torch._foreach_lerp_(v, list(g_norm_sq.split(blocks)), 1 - group["mu2"])
+    # per parameter: stacking the gradients would copy them all for S numbers
+    g_norm_sq = [torch.linalg.vector_norm(g.float(), dim=(1, 2)).square() for g in grads]
+    v = _zeros(states, "grad_norm_sq", [(k,) for k in blocks], g_norm_sq[0])
+    torch._foreach_lerp_(v, g_norm_sq, 1 - group["mu2"])
     m_norm = torch.linalg.vector_norm(X.float(), dim=(1, 2))
     alpha = (lr_t * m_norm / (torch.cat(v).sqrt() + group["eps"])).view(-1, 1, 1)
     eta = (alpha * shape_scale(group["scale"], *group["matrix_shape"])).clamp(max=1.0)
@@ -146,17 +156,24 @@ def namo_step(group, grads, X, states):
     return eta, 1 - lr_t * group["weight_decay"]
 
 
+def col_sum_sq(X: Tensor) -> Tensor:
+    """sum_i X[:, i, j]² of a (k, m, n) stack as (k, n), in float32 at least. A sum of squares,
+    matrix by matrix: torch vectorizes that column reduction, not vector_norm's (4-5x slower
+    on CPU), and each temporary stays one matrix."""
+    return torch.cat([x.to(torch.promote_types(x.dtype, torch.float32)).square().sum(dim=1)
+                      for x in X.split(1)])
+
+
 def namo_d_step(group, grads, X, states):
     """NAMO-D: per column j, V_j <- mu2 V_j + (1 - mu2) ||G[:, j]||^2, d_j = ||M[:, j]|| /
     (sqrt(V_j) + eps) clamped to [c mean(d), mean(d) / c] (c = 0: not clamped, as the published
     class reads it); eta_j = min(d_j lr_t s, 1), rho_j = 1 - wd min(d_j lr_t, 1) (adaptive) or
     1 - lr_t wd (decoupled)."""
-    lr_t, blocks, c = _namo_lr(group, states[0]["step"]), [len(g) for g in grads], group["clamp_c"]
-    G = torch.cat(grads).float()
-    V = _zeros(states, "col_grad_norm_sq", [(k, G.shape[2]) for k in blocks], G)
-    col_norm_sq = torch.linalg.vector_norm(G, dim=1).square()                       # (S, n)
-    torch._foreach_lerp_(V, list(col_norm_sq.split(blocks)), 1 - group["mu2"])
-    d = torch.linalg.vector_norm(X.float(), dim=1) / (torch.cat(V).sqrt() + group["eps"])
+    lr_t, c = _namo_lr(group, states[0]["step"]), group["clamp_c"]
+    col_norm_sq = [col_sum_sq(g) for g in grads]                                     # (k, n)
+    V = _zeros(states, "col_grad_norm_sq", [s.shape for s in col_norm_sq], col_norm_sq[0])
+    torch._foreach_lerp_(V, col_norm_sq, 1 - group["mu2"])
+    d = col_sum_sq(X).sqrt() / (torch.cat(V).sqrt() + group["eps"])
     mean = d.mean(dim=1, keepdim=True)
     if c > 0:
         d = torch.minimum(torch.maximum(d, c * mean), mean / c)
@@ -183,6 +200,17 @@ def ns_result_dtype(group, X: Tensor) -> torch.dtype:
     return resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] == "newton_schulz" else X.dtype
 
 
+def newton_schulz_dtype(chain: "Chain", group: dict, device) -> torch.dtype | None:
+    """The dtype the chain's transform runs Newton-Schulz in for this group; None when it runs
+    none (ns=svd, muon_svd, the spectral powers p != 0)."""
+    if group["ns"] != "newton_schulz":
+        return None
+    if chain.transform is orthogonalize_transform or (
+            chain.transform is spectral_power_transform and group["power"] == 0):
+        return resolve_ns_dtype(group["ns_dtype"], device)
+    return None
+
+
 def spectral_identity(group) -> bool:
     """p = 1: Psi_p is the identity, so there is nothing for the ranks to share."""
     return group["power"] == 1
@@ -194,20 +222,26 @@ def spectral_result_dtype(group, X: Tensor) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Chain:
-    precondition: Callable   # (group, grads, states) -> list of (k, m, n) tensors
-    transform: Callable      # (group, X: (S, m, n)) -> D: (S, m, n)
+    precondition: Callable   # (group, grads, states, out: (k, m, n) views of X) -> None
+    transform: Callable      # (group, X: (S, m, n), work: Workspace | None) -> D: (S, m, n)
     step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or tensors
     identity: Callable = never              # (group) -> the transform returns X as it is
     result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
 
 
-def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int]) -> None:
-    """W <- rho W - eta D for every matrix; eta and rho broadcast over (S, m, n)."""
+def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
+                 work: spectral.Workspace | None = None) -> None:
+    """W <- rho W - eta D for every matrix; eta and rho broadcast over (S, m, n). D may be in a
+    narrower dtype than W (Newton-Schulz's bf16): every op computes in W's dtype, exactly as
+    if D were cast first. With `work`, eta D goes to a reused buffer."""
     if isinstance(rho, Tensor):
         torch._foreach_mul_(params, list(rho.split(blocks)))
     elif rho != 1.0:
         torch._foreach_mul_(params, rho)
     if isinstance(eta, Tensor):
-        torch._foreach_sub_(params, list((D * eta).split(blocks)))
+        step = (D * eta if work is None else
+                torch.mul(D, eta, out=work.get("update", torch.broadcast_shapes(D.shape, eta.shape),
+                                               torch.promote_types(D.dtype, eta.dtype), D.device)))
+        torch._foreach_sub_(params, list(step.split(blocks)))
     else:
         torch._foreach_add_(params, list(D.split(blocks)), alpha=-eta)

@@ -2,7 +2,10 @@
 
 Every function takes a stack of matrices (..., m, n) and works on all of them in one call
 (the caller stacks same-shape parameters); nothing loops over the batch in Python, and the
-iterations have no data-dependent control flow, so they stay torch.compile friendly.
+iterations have no data-dependent control flow, so they stay torch.compile friendly. On CPU the
+engine passes Newton-Schulz a Workspace of buffers kept between steps (batched bmm beats a loop
+of mm there too, but allocating fresh tensors each step does not pay; measured in
+scripts/bench_optim.py).
 
 For X = U Σ Vᵀ (thin SVD) the family is Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04669):
 p = 1 is X itself, p = 0 is the polar factor U Vᵀ (Muon's orthogonalization), and
@@ -20,15 +23,36 @@ from optim.config import POWERS          # the spectral family's p: 1, 1/2, 1/4,
 NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
 
 
+class Workspace:
+    """Buffers reused from call to call, by name. On CPU every fresh large tensor costs a page
+    fault per 4 KiB page on first touch (torch has no caching allocator there): for GPT-2
+    small's matrices that was a quarter of the Newton-Schulz time. The matrix engine keeps one
+    per shape group; a buffer is replaced when its shape, dtype or device changes."""
+
+    def __init__(self):
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape, dtype: torch.dtype, device) -> Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+                  dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None) -> Tensor:
     """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
 
     X0 = G / (||G||_F + eps), then X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular
     value maps by s -> a s + b s³ + c s⁵. The coefficients trade exactness for speed: after
     5 steps the singular values land in a band around 1 (about [0.7, 1.2]) instead of at 1.
-    Works on the wide orientation so the Gram X Xᵀ is the small one; computed in `dtype`.
+    The Gram is always the small one: for a tall X, A = XᵀX and X <- a X + X (b A + c A²).
+    Computed in `dtype`. Without `work` the result is a new tensor in G's dtype; with `work`
+    every buffer comes from it (nothing allocated per call) and the result, in `dtype`, is one
+    of them: valid until the next call on the same workspace.
     """
+    if work is not None:
+        return _newton_schulz_in(work, G, steps, eps, dtype)
     a, b, c = NS_COEFFS
     tall = G.size(-2) > G.size(-1)
     X = G.to(dtype)
@@ -45,6 +69,36 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
     if tall:
         X = X.mT
     return X.to(G.dtype)
+
+
+def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
+                      dtype: torch.dtype) -> Tensor:
+    """newton_schulz in `work`'s buffers, ping-ponging X between two of them. A tall stack is
+    not transposed (that would copy it, twice): its Gram is XᵀX, which bmm reads in place."""
+    a, b, c = NS_COEFFS
+    shape, (m, n), device = G.shape, G.shape[-2:], G.device
+    G = G.reshape(-1, m, n)
+    r = min(m, n)
+    X = work.get("ns_x", G.shape, dtype, device)
+    Y = work.get("ns_y", G.shape, dtype, device)
+    A = work.get("ns_a", (len(G), r, r), dtype, device)
+    B = work.get("ns_b", (len(G), r, r), dtype, device)
+    if G.dtype == dtype:       # one pass: X = G / (||G|| + eps)
+        torch.div(G, G.norm(dim=(-2, -1), keepdim=True) + eps, out=X)
+    else:                      # the norm of the cast values, as without a workspace
+        X.copy_(G)
+        X.div_(X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        if m > n:
+            torch.bmm(X.mT, X, out=A)
+            torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)   # b A + c A²
+            torch.baddbmm(X, X, B, beta=a, alpha=1.0, out=Y)  # a X + X B
+        else:
+            torch.bmm(X, X.mT, out=A)
+            torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)
+            torch.baddbmm(X, B, X, beta=a, alpha=1.0, out=Y)  # a X + B X
+        X, Y = Y, X
+    return X.view(shape)
 
 
 def _svd(G: Tensor):
@@ -126,10 +180,11 @@ def _square_root_power(X: Tensor, steps: int) -> Tensor:
 
 def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
                    method: str = "iterative", ns_dtype: torch.dtype = torch.bfloat16,
-                   ns_eps: float = 1e-7) -> Tensor:
+                   ns_eps: float = 1e-7, work: Workspace | None = None) -> Tensor:
     """Psi_p(X) = U Σ^p Vᵀ for p in {1, 1/2, 1/4, 0}.
 
-    method="iterative": p = 0 by newton_schulz (in ns_dtype, with ns_eps); p = 1/2 by the
+    method="iterative": p = 0 by newton_schulz (in ns_dtype, with ns_eps, in `work` if given:
+    then the result is in ns_dtype, see newton_schulz); p = 1/2 by the
     coupled inverse fourth root on the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since
     Psi_p(cX) = c^p Psi_p(X), X is first divided by its Frobenius norm (so the Gram neither
     under- nor overflows) and the result scaled back. method="svd": the exact reference from the
@@ -149,7 +204,7 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
     if method != "iterative":
         raise UserError(f"unknown spectral power method {method!r}: use 'iterative' or 'svd'")
     if p == 0:
-        return newton_schulz(X, ns_steps, eps=ns_eps, dtype=ns_dtype)
+        return newton_schulz(X, ns_steps, eps=ns_eps, dtype=ns_dtype, work=work)
     Y = X.to(torch.promote_types(X.dtype, torch.float32))
     norm = Y.norm(dim=(-2, -1), keepdim=True)
     Y = Y / norm.clamp_min(1e-30)
@@ -160,10 +215,12 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
 
 
 def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
-                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7) -> Tensor:
-    """Polar factor of G: approximately by Newton-Schulz, or exactly (method='svd')."""
+                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7,
+                  work: Workspace | None = None) -> Tensor:
+    """Polar factor of G: approximately by Newton-Schulz (in `work`: see newton_schulz), or
+    exactly (method='svd')."""
     if method == "newton_schulz":
-        return newton_schulz(G, steps, eps=eps, dtype=dtype)
+        return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work)
     if method == "svd":
         return polar_svd(G)
     raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "

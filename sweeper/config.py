@@ -1,6 +1,7 @@
 """The schema of sweep.py and what a sweep ranks by: SweepConfig (configs/sweep.yaml, the presets
-configs/sweep/*.yaml, overridden by sweep.*), its checks, its loading from the command line, and
-the Metric of each `sweep.metric` (METRICS). Torch-free: configs/schema.py imports it.
+configs/sweep/*.yaml, overridden by sweep.*) with its SLURM resources (SlurmConfig, sweep.slurm.*,
+for sweeper/slurm.py), its checks, its loading from the command line, and the Metric of each
+`sweep.metric` (METRICS). Torch-free: configs/schema.py imports it.
 """
 from __future__ import annotations
 
@@ -124,6 +125,36 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+LAUNCHERS = ("local", "slurm", "local_submitit")
+
+
+@dataclass
+class SlurmConfig:
+    """sweep.slurm.*: what each point's SLURM job asks for (sweep.launcher=slurm; one node and one
+    task a job, torchrun inside for sweep.nproc_per_run > 1). None leaves the cluster's default."""
+    partition: Optional[str] = None
+    time: int = 1440                     # minutes a job; a run past them is requeued and resumes
+    gpus_per_node: Optional[int] = None  # None: sweep.nproc_per_run, or 0 for device=cpu runs
+    cpus_per_task: Optional[int] = None  # the run's CPU threads follow: cpus_per_task / nproc_per_run
+    mem: Optional[str] = None            # e.g. 64G
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    array_parallelism: int = 64          # jobs of the sweep's array that run at once
+    signal_delay_s: int = 120            # the warning before the time limit: checkpoint, requeue
+    max_requeue: int = 20                # time-outs a job may be requeued after (preemptions: any)
+    setup: List[str] = field(default_factory=list)   # shell lines first, e.g. module load, source .venv/bin/activate
+    additional: Dict[str, Any] = field(default_factory=dict)   # any other sbatch option: {option: value}
+
+    def __post_init__(self):
+        for name in ("time", "array_parallelism", "signal_delay_s"):
+            if getattr(self, name) < 1:
+                raise UserError(f"sweep.slurm.{name}={getattr(self, name)} must be at least 1")
+        if self.signal_delay_s >= 60 * self.time:
+            raise UserError(f"sweep.slurm.signal_delay_s={self.signal_delay_s} must be shorter than "
+                            f"sweep.slurm.time={self.time} minutes")
+
+
 @dataclass
 class SweepConfig:
     """A learning-rate sweep of sweep.py: configs/sweep/<preset>.yaml, overridden by sweep.*."""
@@ -152,6 +183,11 @@ class SweepConfig:
     baseline: Optional[str] = None       # speedups relative to this optimizer; None: adamw if swept
     baseline_budgets: List[float] = field(default_factory=list)  # the baseline also at these x max_iters
     resolve: Optional[float] = None      # report the seeds that would resolve this difference; None: the metric's
+    # How points run: local (train.py processes on this machine, sweep.jobs at once), slurm (a
+    # SLURM job each, through submitit: sweeper/slurm.py), local_submitit (submitit's jobs on
+    # this machine, sweep.jobs at once: the slurm path without a cluster).
+    launcher: str = "local"
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):
         """The checks that need nothing but the config (lr_grids() does the others)."""
@@ -182,6 +218,8 @@ class SweepConfig:
                 raise UserError(f"sweep.{name}={getattr(self, name)} must be at least 1")
         if self.metric not in METRICS:
             raise UserError(f"sweep.metric={self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.launcher not in LAUNCHERS:
+            raise UserError(f"sweep.launcher={self.launcher!r} is not one of {', '.join(LAUNCHERS)}")
         if self.tolerance < 0:
             raise UserError(f"sweep.tolerance={self.tolerance} must be >= 0")
         shared = sorted(set(self.seeds) & set(self.confirm_seeds))

@@ -169,12 +169,22 @@ def launch_overrides(cfg: SweepConfig, train_args: list[str], wandb_enabled: boo
 
 
 def run_args(p: Point, run_dir: Path, launch: list[str], threads: int, wandb: bool) -> list[str]:
+    """A point's train.py arguments; with W&B on, its run's name (the run id) and tags (the
+    user's wandb.tags, then optimizer, lr, seed and stage: filters of a W&B comparison)."""
     keys = {override_key(a) for a in launch}
     args = p.overrides + launch + [f"out_dir={run_dir}", "resume=true"]
     if "threads" not in keys:
         args.append(f"threads={threads}")
     if wandb and "wandb.name" not in keys:
         args.append(f"wandb.name={p.run_id}")
+    if wandb:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        given = [a for a in launch if override_key(a) == "wandb.tags"][-1:]
+        tags = list(OverridesParser.create().parse_overrides(given)[0].value()) if given else []
+        tags += [f"optimizer:{p.optimizer}", f"lr:{short_float(p.lr)}", f"seed:{p.seed}",
+                 f"stage:{p.stage}"]
+        args.append("wandb.tags=[" + ",".join(repr(str(t)) for t in tags) + "]")
     return args
 
 

@@ -150,28 +150,49 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: list[str],
-              threads: int, nproc: int) -> Launched:
+def prepare_run(p: Point, run_dir: Path) -> None:
+    """Before a point's attempt: point.json, and no summary or exit record of a failed attempt
+    (this attempt writes its own)."""
     summary = read_json(run_dir / "summary.json")
-    if summary is not None:  # a failed attempt's summary: this attempt will write its own
+    if summary is not None:
         (run_dir / "summary.json").unlink()
     (run_dir / "exit.json").unlink(missing_ok=True)
     write_json(run_dir / "point.json", dataclasses.asdict(p), indent=1)
-    cmd = [sys.executable, str(TRAIN_SCRIPT)]
+
+
+def train_command(nproc: int) -> list[str]:
+    """train.py, through torchrun for a run of several processes."""
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", str(TRAIN_SCRIPT)]
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}", str(TRAIN_SCRIPT)]
+    return [sys.executable, str(TRAIN_SCRIPT)]
+
+
+def train_env(threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     # torchrun gives its workers this long to stop after passing a signal on, then SIGKILLs them
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(STOP_GRACE_S) - 10))
+    return env
+
+
+def open_log(run_dir: Path, cmd: list[str]) -> io.IOBase:
+    """train.log, appended, with a line marking this attempt (log_error reads the last one)."""
+    log = open(run_dir / "train.log", "a")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {LAUNCH_MARK} {' '.join(cmd)}\n")
+    log.flush()
+    return log
+
+
+def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: list[str],
+              threads: int, nproc: int) -> Launched:
+    prepare_run(p, run_dir)
+    cmd = train_command(nproc) + args
+    env = train_env(threads)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    log = open(run_dir / "train.log", "a")
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} sweep.py launches: "
-              f"{' '.join(cmd + args)}\n")
-    log.flush()
+    log = open_log(run_dir, cmd)
     # Own session: Ctrl-C reaches the launcher only, which stops the runs itself (see stop_runs).
-    proc = subprocess.Popen(cmd + args, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, pass_fds=(lock.fd,),
                             start_new_session=True, preexec_fn=default_sigint)
     lock.note({"launcher_pid": os.getpid(), "pid": proc.pid, "gpus": gpus, "started": time.time()})
@@ -179,16 +200,22 @@ def start_run(p: Point, run_dir: Path, lock: RunLock, args: list[str], gpus: lis
 
 
 def end_run(run: Launched, run_dir: Path, stopped: bool = False) -> str:
-    """Record how a run's process ended; returns its status (interrupted: a signal stopped it
-    after a checkpoint, and the next invocation resumes it). A run the launcher `stopped` that
-    wrote no summary (stopped before its loop began, or killed) is left unfinished."""
+    """Record how a run's process ended; returns its status (see record_exit)."""
     run.log.close()
-    rc = run.proc.returncode
+    status = record_exit(run_dir, run.proc.returncode, stopped)
+    run.lock.release()
+    return status
+
+
+def record_exit(run_dir: Path, rc: int, stopped: bool = False) -> str:
+    """exit.json: how a run's train.py ended (exit code `rc`); returns its status (interrupted:
+    a signal stopped it after a checkpoint, and the next invocation resumes it). A run its
+    launcher `stopped` that wrote no summary (stopped before its loop began, or killed) is
+    left unfinished, with no record."""
     summary = read_json(run_dir / "summary.json") or {}
     ended = (*Status.RESULTS, Status.INTERRUPTED)
     status = summary.get("status") if summary.get("status") in ended else Status.FAILED
     if stopped and status == Status.FAILED:
-        run.lock.release()
         return Status.UNFINISHED
     error = None
     if status == Status.FAILED:
@@ -196,7 +223,6 @@ def end_run(run: Launched, run_dir: Path, stopped: bool = False) -> str:
         error = f"{why}: {log_error(run_dir / 'train.log') or summary.get('error') or 'no output'}"
     write_json(run_dir / "exit.json", {"returncode": rc, "status": status, "error": error,
                                        "ended": time.time()}, indent=None)
-    run.lock.release()
     return status
 
 

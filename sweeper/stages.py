@@ -18,7 +18,8 @@ from typing import Callable, Optional
 
 from sweeper.config import METRICS
 from sweeper.points import Plan, Point, curve_label, grid_values, make_point
-from sweeper.runner import collect, run_points
+from sweeper.runner import collect
+from sweeper.runner import run_points as local_run_points
 from sweeper.stats import LrStats, baseline_of, chosen_curves, stage1
 
 
@@ -95,6 +96,9 @@ def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
 def run_stages(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], None]) -> bool:
     """Stage 1 with its extensions, then stage 2 and the budgets; False when interrupted."""
     d = plan.cfg.path
+    run_points = local_run_points
+    if plan.cfg.launcher != "local":   # SLURM (or local) jobs through submitit
+        from sweeper.slurm import run_points
     points = list(plan.points)
     while True:
         if not run_points(plan, points, gpus, threads, on_end):

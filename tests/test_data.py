@@ -367,7 +367,8 @@ def test_interrupted_prepare_leaves_nothing_acceptable(tmp_path, small_text, mon
     with pytest.raises(KeyboardInterrupt):
         P.prepare(cfg)
     folder = P.dataset_dir(cfg)
-    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    # only the resume record and the unfinished .tmp: nothing that passes for a dataset
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", P.PROGRESS, "train.bin.tmp"]
     assert P.open_prepared(cfg) is None
     with pytest.raises(UserError, match="not prepared"):
         LMTask(cfg, block_size=8, seed=0)  # auto_prepare is off
@@ -381,6 +382,68 @@ def test_interrupted_prepare_leaves_nothing_acceptable(tmp_path, small_text, mon
     assert P.open_prepared(cfg) == meta
 
 
+KILLABLE_PREPARE = """
+import sys, time
+from data import prepare as P
+from data.config import DataConfig
+real = P.make_tokenizer
+def slow_tokenizer(*args):
+    encode, *rest = real(*args)
+    def slow(texts):
+        time.sleep(0.05)
+        return encode(texts)
+    return (slow, *rest)
+P.make_tokenizer = slow_tokenizer
+P.PIECE_CHARS = 500
+P.prepare(DataConfig(root=sys.argv[1], name="ds", tokenizer="r50k_base", source=sys.argv[2],
+                     chunk_docs=1))
+"""
+
+
+def test_killed_prepare_resumes_from_its_last_finished_chunk(tmp_path, small_text, monkeypatch):
+    """SIGKILL a real prepare mid-way; the same command then tokenizes only the chunks after the
+    last recorded one, and the dataset equals an uninterrupted prepare's, byte for byte."""
+    import signal
+    import time
+    cfg = data_cfg(tmp_path, tokenizer="r50k_base", source=str(small_text), chunk_docs=1)
+    folder = P.dataset_dir(cfg)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_PREPARE, cfg.root, str(small_text)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record, deadline = folder / P.PROGRESS, time.time() + 120
+    try:
+        while time.time() < deadline:   # kill once a few chunks of train are recorded
+            try:
+                if json.loads(record.read_text())["splits"]["train"]["chunks"] >= 3:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert proc.poll() is None, "prepare finished before it could be killed"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = json.loads(record.read_text())["splits"]["train"]["chunks"]
+    assert done >= 3 and P.open_prepared(cfg) is None
+
+    monkeypatch.setattr(P, "PIECE_CHARS", 500)
+    real, encoded = P.make_tokenizer, []
+
+    def counting_tokenizer(*args):
+        encode, *rest = real(*args)
+        return ((lambda texts: encoded.append(1) or encode(texts)), *rest)
+    monkeypatch.setattr(P, "make_tokenizer", counting_tokenizer)
+    resumed = P.prepare(cfg)
+    assert not record.exists()
+
+    fresh_cfg = data_cfg(tmp_path / "fresh", tokenizer="r50k_base", source=str(small_text),
+                         chunk_docs=1)
+    n_before = len(encoded)
+    fresh = P.prepare(fresh_cfg)
+    n_all = len(encoded) - n_before
+    assert resumed["sha256"] == fresh["sha256"] and resumed["tokens"] == fresh["tokens"]
+    assert n_before == n_all - done   # the resume re-encoded nothing it had recorded
+
+
 def test_killed_before_meta_json_is_not_prepared(tmp_path, small_text, monkeypatch):
     """Killed between renaming the new .bin files and writing meta.json: the old meta.json must
     not vouch for them, even though they have the old sizes (same characters, reordered)."""
@@ -389,7 +452,13 @@ def test_killed_before_meta_json_is_not_prepared(tmp_path, small_text, monkeypat
     shuffled = tmp_path / "shuffled.txt"
     shuffled.write_text("".join(sorted(small_text.read_text())))
     cfg.source = str(shuffled)
-    monkeypatch.setattr(P, "write_atomic", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    real_write = P.write_atomic
+
+    def killed_at_meta_json(path, *rest):   # the resume record still gets written
+        if Path(path).name == "meta.json":
+            raise KeyboardInterrupt
+        return real_write(path, *rest)
+    monkeypatch.setattr(P, "write_atomic", killed_at_meta_json)
     with pytest.raises(KeyboardInterrupt):
         P.prepare(cfg)
     assert P.open_prepared(cfg) is None

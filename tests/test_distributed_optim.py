@@ -66,9 +66,9 @@ def counting(opt) -> list:
     """Wrap the matrix part's transform to record (matrix shape, rows) of each call."""
     calls, chain = [], opt.parts["matrix"].chain
 
-    def transform(group, X):
+    def transform(group, X, work=None):
         calls.append((group["matrix_shape"], len(X)))
-        return chain.transform(group, X)
+        return chain.transform(group, X, work)
     opt.parts["matrix"].chain = dataclasses.replace(chain, transform=transform)
     return calls
 

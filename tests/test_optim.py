@@ -79,26 +79,6 @@ def test_muon_matches_torch_muon(scale, adjust):
         assert rel(a.detach() - w, b.detach() - w) < 5e-2
 
 
-def test_ns_dtype_auto_is_bf16_on_gpu_and_fp32_on_cpu():
-    """auto: bfloat16 where tensor cores make it fast, float32 on CPUs (bf16 matmuls there are
-    emulated, 20-30x slower); on CPU a step with auto is the float32 step, bit for bit."""
-    from optim.rules import resolve_ns_dtype
-    assert resolve_ns_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
-    assert resolve_ns_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_ns_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    assert OptimizerConfig().ns_dtype == "auto"
-    finals = {}
-    for name in ("muon", "adamz"):
-        for dtype in ("auto", "float32", "bfloat16"):
-            model = Matrices(SHAPES, seed=1)
-            w0 = [p.detach().clone() for p in model.parameters()]
-            opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.02, ns_dtype=dtype), log=quiet)
-            run_updates(model, opt, random_grads(w0, 3, seed=2))
-            finals[name, dtype] = [p.detach().clone() for p in model.parameters()]
-        assert all(torch.equal(a, b) for a, b in zip(finals[name, "auto"], finals[name, "float32"]))
-        assert not all(torch.equal(a, b) for a, b in zip(finals[name, "auto"], finals[name, "bfloat16"]))
-
-
 def quintic_newton_schulz(X, steps=5):
     """Muon's iteration in float64, as torch.optim.Muon writes it."""
     a, b, c = 3.4445, -4.7750, 2.0315
@@ -129,6 +109,28 @@ def test_muon_float32_matches_formula(nesterov, scale):
             M = (1 - mu) * G + mu * B if nesterov else B
             w[i] = w[i] * (1 - lr * wd) - lr * shape_scale(scale, *shape) * quintic_newton_schulz(M)
         assert rel(list(model.parameters())[i].detach().double(), w[i]) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["muon", "namo", "namo_d", "adamz", "msgdz", "adams", "adam",
+                                  "muon_svd"])
+def test_cpu_workspace_path_matches_the_allocating_path(name, monkeypatch):
+    """On CPU the engine keeps a Workspace per group (the stack, Newton-Schulz's buffers, eta D);
+    elsewhere it allocates. Both paths give the same updates up to float32 rounding, step after
+    step (the reused buffers hold nothing over from one step to the next)."""
+    from optim.matrix import MatrixOptimizer
+    finals = []
+    for cpu_path in (True, False):
+        if not cpu_path:
+            monkeypatch.setattr(MatrixOptimizer, "_workspace", lambda self, i, device: None)
+        model = Matrices(SHAPES, seed=5)
+        w0 = [p.detach().clone() for p in model.parameters()]
+        opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.02, ns_dtype="float32",
+                                                     route="all_2d"), log=quiet)
+        run_updates(model, opt, random_grads(w0, 4, seed=6))
+        assert bool(opt.parts["matrix"]._work) == cpu_path
+        finals.append([p.detach() - w for p, w in zip(model.parameters(), w0)])
+    for a, b in zip(*finals):
+        assert rel(a, b) < 1e-5
 
 
 # ---- 2. NAMO / NAMO-D: Muon's direction, adaptive sizes; state round trips ----------------------

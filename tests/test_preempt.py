@@ -120,7 +120,8 @@ def test_sigterm_stops_after_the_step_and_resume_is_exact(tmp_path, small_text):
     assert events(out) == events(full)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT], ids=["SIGUSR1", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT],
+                         ids=["SIGUSR1", "SIGUSR2", "SIGINT"])   # SIGUSR2: submitit's warning
 def test_sigusr1_and_sigint_stop_cleanly(tmp_path, small_text, sig):
     out, log = tmp_path / "run", tmp_path / "run.log"
     proc = start_train(tiny_args(tmp_path, small_text, out, "train.max_iters=100000"), log)

@@ -74,6 +74,28 @@ def test_newton_schulz_is_the_quintic_map_on_singular_values(shape):
     assert cosine.min() > 0.95                      # measured >= 0.978
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 4e-2)])
+def test_newton_schulz_in_a_workspace_is_the_same_map(dtype, tol):
+    """The CPU engine's path (reused buffers, tall stacks through XᵀX instead of a transpose):
+    the same quintic map on the singular values as the float64 reference, the same result as
+    the allocating path up to rounding, its result in the iteration's dtype, and its buffers
+    reused from call to call (and replaced when the shape changes)."""
+    work = spectral.Workspace()
+    a, b, c = spectral.NS_COEFFS
+    for shape in SHAPES + [(96, 32)]:
+        U, s, V = random_svd(shape)
+        X = ((U * s.unsqueeze(-2)) @ V.mT).float()
+        O = spectral.newton_schulz(X, dtype=dtype, work=work)
+        assert O.dtype == dtype and O.shape == X.shape
+        f = s / s.norm(dim=-1, keepdim=True)
+        for _ in range(5):
+            f = a * f + b * f ** 3 + c * f ** 5
+        assert rel_err(O, (U * f.unsqueeze(-2)) @ V.mT) < tol
+        assert rel_err(O, spectral.newton_schulz(X, dtype=dtype)) < tol
+        again = spectral.newton_schulz(X, dtype=dtype, work=work)
+        assert again.data_ptr() == O.data_ptr() and torch.equal(again, O)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_polar_svd_is_exact(shape):
     X = well_conditioned(shape)

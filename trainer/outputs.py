@@ -2,10 +2,12 @@
 atomic writer every file of the project goes through, and FileLock, the flock of train.lock and
 of the sweeper's sweep.lock.
 
-    config.yaml     the resolved config                    (write_atomic)
+    config.yaml     the resolved config, and `provenance`  (write_atomic; trainer/provenance.py)
+    .hydra/         Hydra's record of the job              (write_hydra_record)
     metrics.jsonl   one JSON object per log or eval event  (RunLogger, read_metrics, truncate_metrics)
     summary.json    how the run ended: RunSummary          (RunSummary.write / RunSummary.read)
     train.lock      flock held by the run's process (rank 0) while it lives (prepare_out_dir)
+    wandb/          W&B's files, wandb_run_id its run id   (RunLogger)
 
 The trainer writes them and the sweeper reads them through this module only, so a field, a
 status name or an exit code is defined once (Status, SUMMARY_FIELDS, EXIT_INTERRUPTED).
@@ -185,11 +187,9 @@ class FileLock:
 TRAIN_LOCK = "train.lock"   # the trainer's own; a sweep's launcher holds sweep.lock beside it
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, FileLock]:
-    """Create out_dir, lock it (train.lock) for this process, and say whether to resume from its
-    ckpt.pt; returns (resume, the lock: release it when the run ends). Refuses a path that is
-    not a directory, an out_dir another live train.py writes, and to overwrite another run
-    without overwrite=true. Removes the temporary files of writes a kill cut short."""
+def make_out_dir(out_dir: Path) -> Path:
+    """Create out_dir (and its parents); a path that is not a directory or cannot be created is
+    a UserError."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir={out_dir} exists and is not a directory; pass another out_dir=")
@@ -198,6 +198,15 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[bool,
     except OSError as exc:
         raise UserError(f"cannot create out_dir={out_dir} ({exc.strerror}); pass another "
                         "out_dir=") from None
+    return out_dir
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, FileLock]:
+    """Create out_dir, lock it (train.lock) for this process, and say whether to resume from its
+    ckpt.pt; returns (resume, the lock: release it when the run ends). Refuses a path that is
+    not a directory, an out_dir another live train.py writes, and to overwrite another run
+    without overwrite=true. Removes the temporary files of writes a kill cut short."""
+    out_dir = make_out_dir(out_dir)
     lock = FileLock(out_dir / TRAIN_LOCK)
     try:
         free = lock.acquire()
@@ -273,6 +282,27 @@ def truncate_metrics(run_dir: Path, max_step: int) -> list[dict]:
     return kept
 
 
+def write_hydra_record(out_dir: Path, config: dict) -> None:
+    """.hydra/{config,hydra,overrides}.yaml, Hydra's record of a job, when the run is a Hydra job
+    (nothing otherwise). Hydra would write them before the job starts (configs/config.yaml
+    turns that off): here they come once the run's inputs are checked, so a rejected command
+    changes no run directory, and from rank 0 only."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.instance().cfg
+    if hydra_cfg is None:
+        return
+    d = Path(out_dir) / ".hydra"
+    try:
+        d.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise write_error(d, exc) from None
+    write_atomic(d / "config.yaml", OmegaConf.to_yaml(config))
+    write_atomic(d / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    write_atomic(d / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+
+
 def _wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
@@ -286,10 +316,18 @@ def _wandb_mode(mode: str) -> str:
 
 class RunLogger:
     """metrics.jsonl (always) and W&B (when enabled; offline without an API key). Only rank 0
-    creates one; other ranks log nothing."""
+    creates one; other ranks log nothing.
 
-    def __init__(self, out_dir: Path, wandb_cfg, config: dict, resume: bool):
+    W&B: every metric is plotted against `tokens` (define_metric), so runs of other batch sizes
+    or optimizers share an x-axis; val/loss's summary is its minimum; `config` (the resolved
+    config and its provenance) is the run's config. A resumed run reuses its W&B id
+    (wandb_run_id) and does not send again the records it sent before (`sent`: their (step,
+    is a train record) pairs), so W&B gets each point once."""
+
+    def __init__(self, out_dir: Path, wandb_cfg, config: dict, resume: bool,
+                 sent: Optional[set] = None):
         self.out_dir = Path(out_dir)
+        self.sent = sent or set()
         try:
             self.metrics = open(self.out_dir / "metrics.jsonl", "a")
         except OSError as exc:
@@ -306,6 +344,9 @@ class RunLogger:
         run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group,
                          name=wcfg.name, tags=list(wcfg.tags) or None, config=config,
                          dir=str(self.out_dir), id=run_id, resume="allow", mode=mode)
+        run.define_metric("tokens")
+        run.define_metric("*", step_metric="tokens")    # train/*, val/*, lr, throughput
+        run.define_metric("val/loss", step_metric="tokens", summary="min")
         if mode == "offline":
             print(f"W&B offline run in {run.dir}; upload later with `wandb sync {Path(run.dir).parent}`")
         return run
@@ -318,7 +359,7 @@ class RunLogger:
             self.metrics.flush()
         except OSError as exc:   # a full disk: the records before stay, the cut line is skipped
             raise write_error(self.metrics.name, exc) from None
-        if self.wandb is not None:
+        if self.wandb is not None and (record["step"], "lr" in record) not in self.sent:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def finish(self, summary: RunSummary) -> None:

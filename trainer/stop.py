@@ -1,6 +1,7 @@
-"""Graceful stop: SIGTERM (a scheduler's preemption), SIGUSR1 (SLURM's `--signal=USR1@90`) and
-SIGINT (Ctrl-C, sweep.py stopping its runs) during training let the loop finish its step, write
-ckpt.pt and summary.json (status interrupted) and exit with EXIT_INTERRUPTED
+"""Graceful stop: SIGTERM (a scheduler's preemption), SIGUSR1 (SLURM's `--signal=USR1@90`),
+SIGUSR2 (submitit's warning before a time limit or a preemption, which SLURM may send to every
+process of the job) and SIGINT (Ctrl-C, sweep.py stopping its runs) during training let the loop
+finish its step, write ckpt.pt and summary.json (status interrupted) and exit with EXIT_INTERRUPTED
 (trainer/outputs.py); `resume=true` then goes on exactly. A second signal ends the process at
 once (the last checkpoint stays valid); one that follows the first within COPIES_S seconds is
 taken as a copy of it (SLURM signals every process of a job step, and torchrun and sweep.py pass
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from trainer.distributed import DistEnv
 from trainer.outputs import EXIT_INTERRUPTED
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 COPIES_S = 2.0
 
 
