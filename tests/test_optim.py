@@ -523,3 +523,19 @@ def test_all_2d_route_first_update_equals_float64_reference(name, p):
         # about 1e-3..1e-2, the size the issue measured for the published iteration too.
         tol = 1e-4 if p in (0, 1) else 2e-2
         assert rel(got, torch.cat(wants)) < tol, (n, rel(got, torch.cat(wants)))
+
+
+def test_spectral_yamls_hold_the_published_table_of_the_readme():
+    """README's "spectral family as published" table and the eight YAMLs agree on p, the
+    matrix lr and the vector lr (the table is what a reader checks against the paper's code)."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ([\d/]+) \| [^|]+ \| ([\d.e-]+) \| ([\d.e-]+)", readme, re.M)
+    table = {name: (p, lr, vlr) for name, p, lr, vlr in rows if name in dict(FAMILY)}
+    assert sorted(table) == sorted(dict(FAMILY))
+    for name, (p, lr, vector_lr) in table.items():
+        cfg = to_object(load_config([f"optimizer={name}"])).optimizer
+        num, _, den = p.partition("/")
+        assert cfg.power == pytest.approx(float(num) / float(den or 1)), name
+        assert (cfg.lr, cfg.vector_lr) == (float(lr), float(vector_lr)), name
