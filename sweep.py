@@ -19,6 +19,8 @@ More axes: `sweep.grid={optimizer.clamp_c:[0.12,0.4]}` runs every value (replaci
 override of the same key); each value is its own curve. Variants that are no product (weight
 decay 0 once, 0.1 under each decay style): `sweep.grid_points=[{optimizer.weight_decay:0},...]`,
 each its own curve (times the product of sweep.grid, if any).
+Variants of one optimizer only: `sweep.grid_points_by_optimizer={muon:[{},{optimizer.ns:gram}]}`
+(replaces sweep.grid_points for that optimizer; the others keep theirs).
 
 Runs: each point (optimizer, lr, grid values, seed) is one train.py process (torchrun when
 sweep.nproc_per_run > 1) with out_dir <sweep.dir>/runs/<run id>, on this machine

@@ -23,7 +23,7 @@ ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "distributed", "
 POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
 NS_DTYPES = ("bfloat16", "float32", "float16")      # torch dtype names; "auto" picks per device
 CHOICES = {"decay_style": ("adaptive", "decoupled"),
-           "ns": ("newton_schulz", "svd"),
+           "ns": ("newton_schulz", "svd", "polar_express", "gram"),
            "scale": (None, "moonlight", "original", "none"),
            "ns_dtype": ("auto", *NS_DTYPES),
            "route": ("patterns", "all_2d")}
@@ -35,23 +35,28 @@ class OptimizerConfig:
     lr: float = 1e-3                     # peak lr of the matrix (or only) parameters
     vector_lr: Optional[float] = None    # AdamW backup lr for vector params; None = lr
     weight_decay: float = 0.1
+    cautious_wd: bool = False            # matrix chains: decay only where update and weight agree
+                                         # in sign (arXiv 2510.12402)
     vector_weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     momentum: float = 0.95
     nesterov: bool = True
-    mu2: float = 0.99                    # NAMO: second-moment decay of the gradient norm
+    mu2: float = 0.99                    # second-moment decay: NAMO (of the gradient norm), NorMuon
+                                         # (per row of O), AdaMuon (per entry of O)
     clamp_c: float = 0.1                 # NAMO-D: per-column scales clamped to [c, 1/c] x mean; 0: no clamp
     decay_style: str = "adaptive"        # NAMO: adaptive | decoupled
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
-    ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd
+    ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd | polar_express
+                                         # | gram (optim/polar.py)
     ns_steps: int = 5
     ns_eps: float = 1e-7                 # Newton-Schulz starts from X / (||X||_F + ns_eps)
     ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPU, fp32 on CPU)
                                          # | bfloat16 | float32 | float16
     power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
-    rank: Optional[int] = None           # muon_svd: keep the top-r singular directions
+    rank: Optional[int] = None           # muon_svd: keep the top-r singular directions; dion: its rank
+    rank_fraction: float = 1.0           # dion without rank: r = ceil(fraction x min(m, n))
     distributed: bool = True             # torchrun: each rank transforms its share of the matrices
     split_qkv: bool = False              # treat packed q, k, v as three matrices
     qkv_patterns: List[str] = field(default_factory=lambda: ["*c_attn.weight"])  # what is packed
@@ -84,6 +89,8 @@ class OptimizerConfig:
             bad("power", "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
         if self.rank is not None and self.rank < 1:
             bad("rank", "must be >= 1 (or null: full rank)")
+        if not 0 < self.rank_fraction <= 1:
+            bad("rank_fraction", "must be in (0, 1]")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {', '.join(str(a) for a in allowed)}")

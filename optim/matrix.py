@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from optim.rules import Chain, apply_update
+from optim.rules import Chain, apply_update, post_transform
 from optim.spectral import Workspace
 
 
@@ -85,9 +85,11 @@ class MatrixOptimizer(torch.optim.Optimizer):
         X = (G[0].new_empty(shape) if work is None
              else work.get("stack", shape, G[0].dtype, G[0].device))
         self.chain.precondition(group, G, states, list(X.split([len(g) for g in G])))
-        D = transform(group, X, work)
+        D = post_transform(self.chain, group, transform(group, X, work), states,
+                           [len(g) for g in G])
         eta, rho = self.chain.step_size(group, G, X, states)
-        apply_update(W, D, eta, rho, [len(w) for w in W], work)
+        apply_update(W, D, eta, rho, [len(w) for w in W], work,
+                     cautious=group.get("cautious_wd", False))
 
     # ---- distributed: a share of the rows per rank -----------------------------------------
 

@@ -11,6 +11,10 @@ group["lr"] every step. Names:
                                     torch.optim.Adam: the name `adam` is the spectral family's.
   muon, namo, namo_d, muon_svd      matrix chains (links in optim/rules.py, run by optim/matrix.py's
                                     MatrixOptimizer) + AdamW backup for vectors
+  normuon, adamuon                  Muon + a per-row / per-entry second moment of the
+                                    orthogonalized update (post links in optim/muon_variants.py)
+  dion                              rank-r orthonormal update by one power-iteration step with
+                                    error feedback (optim/dion.py)
   adam adams adamq adamz            spectral family (arXiv 2602.04669): Psi_p, p = 1, 1/2, 1/4, 0,
   msgd msgds msgdq msgdz            of Adam's normalized update / of heavy-ball momentum
   shampoo, soap                     pytorch_optimizer's Shampoo / SOAP on matrices + AdamW backup
@@ -40,6 +44,8 @@ from optim.matrix import MatrixOptimizer
 from optim.params import (decay_groups, log_split, named_params, shape_groups, split_params,
                           summarize)
 from optim import capability
+from optim.muon_variants import adamuon_post, normuon_post, sign_momentum
+from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
 from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball, namo_d_step,
                          namo_step, newton_schulz_dtype, ns_result_dtype, orthogonalize_transform,
                          rank_limited_transform, spectral_identity, spectral_power_transform,
@@ -191,6 +197,14 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
 for name, step_size in (("muon", fixed_step), ("namo", namo_step), ("namo_d", namo_d_step)):
     registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size,
                                           result_dtype=ns_result_dtype), "moonlight")
+# Muon variants: a post link after the transform rescales O; RMS aligned there, so no shape scale
+registry["normuon"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, fixed_step,
+                                           result_dtype=ns_result_dtype, post=normuon_post), "none")
+registry["adamuon"] = _chain_builder(Chain(sign_momentum, orthogonalize_transform, fixed_step,
+                                           result_dtype=ns_result_dtype, post=adamuon_post), "none")
+# Dion: rank-r power iteration with error feedback in the post link (optim/dion.py)
+registry["dion"] = _chain_builder(Chain(dion_momentum, identity_transform, dion_step,
+                                        identity=always, post=dion_post), "none")
 registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_transform, fixed_step),
                                       "moonlight")
 SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power

@@ -15,6 +15,11 @@ shape scale -> weight decay. A `Chain` has three links:
   step_size     per matrix or per column: lr, adaptive scale (NAMO, NAMO-D), shape scale and the
                 weight-decay factor, as (eta, rho) for W <- rho W - eta D (apply_update).
 
+An optional fourth link, `post` (default: none), rescales D after the transform with its own
+state (NorMuon's per-row, AdaMuon's per-entry second moment of O; optim/muon_variants.py); it
+runs on the whole (gathered) stack, like step_size, so every rank computes the same numbers.
+With optimizer.cautious_wd, apply_update decays only the entries where D and W agree in sign.
+
 Links read their hyperparameters from the param group (group["momentum"], group["ns_steps"],
 ...: the fields of optim/config.py by name) every step, so a schedule that sets group["lr"]
 takes effect.
@@ -107,11 +112,16 @@ def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:
     return spectral.polar_svd(X) if r is None else spectral.top_rank_polar(X, r)
 
 
+ITERATIVE_POLAR = ("newton_schulz", "polar_express", "gram")   # ns values that iterate matmuls
+
+
 def spectral_power_transform(group, X: Tensor, work=None) -> Tensor:
     """Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04669); p = 1 is the identity."""
     p = group["power"]
     if p == 1:
         return X
+    if p == 0 and group["ns"] in ("polar_express", "gram"):   # optim/polar.py's iterations
+        return orthogonalize_transform(group, X, work)
     return spectral.spectral_power(X, p, steps=group["coupled_steps"], ns_steps=group["ns_steps"],
                                    ns_eps=group["ns_eps"],
                                    method="svd" if group["ns"] == "svd" else "iterative",
@@ -156,12 +166,56 @@ def namo_step(group, grads, X, states):
     return eta, 1 - lr_t * group["weight_decay"]
 
 
+SQUARE_CHUNK = 8      # matrices col_sum_sq squares per op on CPU (a buffer of this many)
+_SQUARES: dict = {}   # col_sum_sq's reused (c, m, n) buffer per (m, n, dtype), CPU only
+
+
+def _square_buffer(c: int, m: int, n: int, dtype: torch.dtype) -> Tensor:
+    buf = _SQUARES.get((m, n, dtype))
+    if buf is None or len(buf) < c:
+        buf = _SQUARES[(m, n, dtype)] = torch.empty(c, m, n, dtype=dtype)
+    return buf[:c]
+
+
+def _cpu_exact(X: Tensor) -> bool:
+    """col_sum_sq's buffered path: a CPU stack already in float32 or wider."""
+    return X.device.type == "cpu" and X.dtype == torch.promote_types(X.dtype, torch.float32)
+
+
 def col_sum_sq(X: Tensor) -> Tensor:
-    """sum_i X[:, i, j]² of a (k, m, n) stack as (k, n), in float32 at least. A sum of squares,
-    matrix by matrix: torch vectorizes that column reduction, not vector_norm's (4-5x slower
-    on CPU), and each temporary stays one matrix."""
-    return torch.cat([x.to(torch.promote_types(x.dtype, torch.float32)).square().sum(dim=1)
-                      for x in X.split(1)])
+    """sum_i X[:, i, j]² of a (k, m, n) stack as (k, n), in float32 at least. A sum of squares:
+    torch vectorizes that column reduction, not vector_norm's (4-5x slower on CPU). On GPUs
+    matrix by matrix (each temporary one matrix). On CPU a float32/float64 stack squares
+    SQUARE_CHUNK matrices per op into one buffer kept between calls (the same kernels and the
+    same numbers, tested): a fresh temporary page-faults on every step (see
+    spectral.Workspace), and on a busy machine every parallel op waits for its threads, so
+    fewer, larger ops win (NAMO-D was 10% slower than Muon with one op per matrix)."""
+    if not (_cpu_exact(X) and len(X)):
+        return torch.cat([x.to(torch.promote_types(x.dtype, torch.float32)).square().sum(dim=1)
+                          for x in X.split(1)])
+    m, n = X.shape[1:]
+    return torch.cat([torch.mul(x, x, out=_square_buffer(len(x), m, n, X.dtype)).sum(dim=1)
+                      for x in X.split(SQUARE_CHUNK)])
+
+
+def col_sum_sq_each(tensors: list[Tensor]) -> list[Tensor]:
+    """col_sum_sq of each (k_i, m, n) tensor, as a list of (k_i, n). On CPU (float32 or wider,
+    one dtype) up to SQUARE_CHUNK matrices are first copied into the buffer together, then
+    squared and summed by one op each: the same numbers as one by one, in a few ops."""
+    if not all(_cpu_exact(t) and t.dtype == tensors[0].dtype for t in tensors):
+        return [col_sum_sq(t) for t in tensors]
+    (m, n), out, i = tensors[0].shape[1:], [], 0
+    while i < len(tensors):
+        j, c = i + 1, len(tensors[i])
+        while j < len(tensors) and c + len(tensors[j]) <= SQUARE_CHUNK:
+            c, j = c + len(tensors[j]), j + 1
+        if j == i + 1:   # one tensor: square it straight into the buffer
+            out.append(col_sum_sq(tensors[i]))
+        else:
+            buf = torch.cat(tensors[i:j], out=_square_buffer(c, m, n, tensors[i].dtype))
+            out += list(buf.mul_(buf).sum(dim=1).split([len(t) for t in tensors[i:j]]))
+        i = j
+    return out
 
 
 def namo_d_step(group, grads, X, states):
@@ -170,7 +224,7 @@ def namo_d_step(group, grads, X, states):
     class reads it); eta_j = min(d_j lr_t s, 1), rho_j = 1 - wd min(d_j lr_t, 1) (adaptive) or
     1 - lr_t wd (decoupled)."""
     lr_t, c = _namo_lr(group, states[0]["step"]), group["clamp_c"]
-    col_norm_sq = [col_sum_sq(g) for g in grads]                                     # (k, n)
+    col_norm_sq = col_sum_sq_each(grads)                                             # (k, n)
     V = _zeros(states, "col_grad_norm_sq", [s.shape for s in col_norm_sq], col_norm_sq[0])
     torch._foreach_lerp_(V, col_norm_sq, 1 - group["mu2"])
     d = col_sum_sq(X).sqrt() / (torch.cat(V).sqrt() + group["eps"])
@@ -203,7 +257,7 @@ def ns_result_dtype(group, X: Tensor) -> torch.dtype:
 def newton_schulz_dtype(chain: "Chain", group: dict, device) -> torch.dtype | None:
     """The dtype the chain's transform runs Newton-Schulz in for this group; None when it runs
     none (ns=svd, muon_svd, the spectral powers p != 0)."""
-    if group["ns"] != "newton_schulz":
+    if group["ns"] not in ITERATIVE_POLAR:
         return None
     if chain.transform is orthogonalize_transform or (
             chain.transform is spectral_power_transform and group["power"] == 0):
@@ -227,14 +281,39 @@ class Chain:
     step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or tensors
     identity: Callable = never              # (group) -> the transform returns X as it is
     result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
+    post: Callable | None = None            # (group, D, states, blocks) -> D' after the transform
+
+
+def post_transform(chain: Chain, group: dict, D: Tensor, states: list[dict],
+                   blocks: list[int]) -> Tensor:
+    """The chain's post link on the transform's result D (blocks: matrices per parameter), or
+    D itself for chains without one (all but NorMuon and AdaMuon: their numbers unchanged)."""
+    return D if chain.post is None else chain.post(group, D, states, blocks)
+
+
+def cautious_decay(params: list[Tensor], D: Tensor, rho, blocks: list[int]) -> None:
+    """Cautious weight decay (arXiv 2510.12402, Algorithm 1: x <- x - eta (u + lambda
+    I(u x >= 0) x)): W <- W - (1 - rho) I(D W >= 0) W entrywise, i.e. the decoupled decay of
+    W <- rho W only where the update D (subtracted with eta > 0) and W agree in sign (a zero
+    counts as agreeing, as the paper's >= 0); elsewhere W keeps its value."""
+    if not isinstance(rho, Tensor) and rho == 1.0:
+        return
+    decays = (list((1 - rho).split(blocks)) if isinstance(rho, Tensor)
+              else [1 - rho] * len(params))
+    for w, d, decay in zip(params, D.split(blocks), decays):
+        agree = torch.sign(d).to(w.dtype) * torch.sign(w) >= 0
+        w.sub_(torch.where(agree, w, 0) * decay)
 
 
 def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
-                 work: spectral.Workspace | None = None) -> None:
+                 work: spectral.Workspace | None = None, cautious: bool = False) -> None:
     """W <- rho W - eta D for every matrix; eta and rho broadcast over (S, m, n). D may be in a
     narrower dtype than W (Newton-Schulz's bf16): every op computes in W's dtype, exactly as
-    if D were cast first. With `work`, eta D goes to a reused buffer."""
-    if isinstance(rho, Tensor):
+    if D were cast first. With `work`, eta D goes to a reused buffer. cautious: the decay only
+    where D and W agree in sign (cautious_decay)."""
+    if cautious:
+        cautious_decay(params, D, rho, blocks)
+    elif isinstance(rho, Tensor):
         torch._foreach_mul_(params, list(rho.split(blocks)))
     elif rho != 1.0:
         torch._foreach_mul_(params, rho)

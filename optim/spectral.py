@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from configs.errors import UserError
+from optim import polar
 from optim.config import POWERS          # the spectral family's p: 1, 1/2, 1/4, 0
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
@@ -223,5 +224,7 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
         return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work)
     if method == "svd":
         return polar_svd(G)
+    if method in polar.METHODS:      # optim/polar.py: Polar Express, Gram Newton-Schulz
+        return polar.orthogonalize(G, method, steps, dtype=dtype, eps=eps)
     raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "
-                    "newton_schulz or svd")
+                    "polar_express, gram, newton_schulz or svd")

@@ -167,6 +167,10 @@ class SweepConfig:
     # dict, its own curve per optimizer; for arms that are not a product (e.g. weight decay 0
     # once, not once per decay style).
     grid_points: List[Dict[str, Any]] = field(default_factory=list)
+    # Per optimizer, listed variants that replace grid_points for that optimizer only, e.g.
+    # {muon: [{}, {optimizer.ns: polar_express}, {optimizer.cautious_wd: true}]}: Muon's three
+    # curves beside the other optimizers' one.
+    grid_points_by_optimizer: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=lambda: [0])
     jobs: int = 1                        # runs at once
     nproc_per_run: int = 1               # processes per run (torchrun when > 1)
@@ -206,13 +210,20 @@ class SweepConfig:
         empty = [k for k, v in self.grid.items() if not v]
         if empty:
             raise UserError(f"sweep.grid.{empty[0]} has no values; give a list or drop the axis")
-        shared = sorted({k for gp in self.grid_points for k in gp} & set(self.grid))
-        if shared:
-            raise UserError(f"{shared[0]} is both in sweep.grid and in sweep.grid_points; "
-                            "give each override key in one of them")
-        if len({tuple(sorted((k, str(v)) for k, v in gp.items())) for gp in self.grid_points}) \
-                < len(self.grid_points):
-            raise UserError("sweep.grid_points lists the same variant twice; drop the repeat")
+        unknown = sorted(set(self.grid_points_by_optimizer) - set(self.optimizers))
+        if unknown:
+            raise UserError(f"sweep.grid_points_by_optimizer.{unknown[0]}: {unknown[0]} is not in "
+                            f"sweep.optimizers ({', '.join(self.optimizers)}); add it or drop the key")
+        for where, points in [("sweep.grid_points", self.grid_points)] + [
+                (f"sweep.grid_points_by_optimizer.{o}", v)
+                for o, v in self.grid_points_by_optimizer.items()]:
+            shared = sorted({k for gp in points for k in gp} & set(self.grid))
+            if shared:
+                raise UserError(f"{shared[0]} is both in sweep.grid and in {where}; "
+                                "give each override key in one of them")
+            if len({tuple(sorted((k, str(v)) for k, v in gp.items())) for gp in points}) \
+                    < len(points):
+                raise UserError(f"{where} lists the same variant twice; drop the repeat")
         for name in ("jobs", "nproc_per_run"):
             if getattr(self, name) < 1:
                 raise UserError(f"sweep.{name}={getattr(self, name)} must be at least 1")
@@ -276,17 +287,19 @@ def load_sweep(sweep_args: List[str]):
     from sweeper.points import override_key
 
     # Hydra merges a dict given on the command line into the preset's and refuses new keys
-    # without `++`; the sweep's dicts (sweep.grid={...}, sweep.lr_grid={...}) replace instead.
+    # without `++`; the sweep's dicts (sweep.grid={...}, sweep.lr_grid={...},
+    # sweep.grid_points_by_optimizer={...}) replace instead.
+    dicts = ("sweep.grid", "sweep.lr_grid", "sweep.grid_points_by_optimizer")
     args = []
     for arg in sweep_args:
         key = override_key(arg)
-        if key in ("sweep.grid", "sweep.lr_grid") or key.startswith("sweep.lr_grid."):
+        if key in dicts or key.startswith(("sweep.lr_grid.", "sweep.grid_points_by_optimizer.")):
             arg = "++" + arg.lstrip("+")
         args.append(arg)
     cfg = to_object(load_config(args, config_name="sweep")).sweep
     for arg in args:
         key = override_key(arg)
-        if key in ("sweep.grid", "sweep.lr_grid"):  # composed fine, so it parses
+        if key in dicts:  # composed fine, so it parses
             given = OverridesParser.create().parse_overrides([arg])[0].value()
             name = key.split(".")[1]
             setattr(cfg, name, {k: v for k, v in getattr(cfg, name).items() if k in given})

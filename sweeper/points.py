@@ -115,19 +115,20 @@ def make_point(opt: str, lr: float, seed: int, grid: dict, setup: list[str],
                  make_run_id(opt, float(lr), seed, grid, overrides), stage, budget)
 
 
-def grid_values(cfg: SweepConfig) -> list[dict]:
-    """Every listed variant (sweep.grid_points) times every combination of the extra axes'
-    values ([{}] without either)."""
+def grid_values(cfg: SweepConfig, optimizer: str | None = None) -> list[dict]:
+    """Every listed variant of `optimizer` (sweep.grid_points_by_optimizer, else
+    sweep.grid_points) times every combination of the extra axes' values ([{}] without either)."""
     axes = sorted(cfg.grid)
     product = [dict(zip(axes, values)) for values in itertools.product(*(cfg.grid[k] for k in axes))]
-    return [{**dict(variant), **combo} for variant in (cfg.grid_points or [{}]) for combo in product]
+    variants = cfg.grid_points_by_optimizer.get(optimizer) or cfg.grid_points or [{}]
+    return [{**dict(variant), **combo} for variant in variants for combo in product]
 
 
 def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:
     """Stage 1, seed-major, so a sweep interrupted early has whole curves for its first seeds."""
     return [make_point(opt, lr, seed, grid, setup)
             for seed in cfg.seeds for opt, lrs in grids.items()
-            for grid in grid_values(cfg) for lr in lrs]
+            for grid in grid_values(cfg, opt) for lr in lrs]
 
 
 def validate_points(points: list[Point], launch: list[str], runs_dir: Path, nproc: int = 1):

@@ -44,7 +44,7 @@ def curve_points(plan: Plan, stage: str, lrs_by_curve: dict, seeds: list,
     points = []
     for seed in seeds:
         for opt in plan.grids:
-            for grid in grid_values(plan.cfg):
+            for grid in grid_values(plan.cfg, opt):
                 for lr in lrs_by_curve.get(curve_label(opt, grid), []):
                     points.append(make_point(opt, lr, seed, grid, plan.setup, stage, extra, budget))
     return points

@@ -23,13 +23,13 @@ def wandb_sweeps(cfg, grids: dict, setup: list[str], launch: list[str]) -> dict[
     command = head + setup + [a for a in launch if not a.startswith("wandb.enabled")] + \
         ["wandb.enabled=true"] + ([] if "wandb.group" in keys else [f"wandb.group={cfg.name}"]) + \
         [f"out_dir={d}/wandb_runs/${{oc.env:WANDB_RUN_ID}}", "${args_no_hyphens}"]
-    groups = {}
+    groups = {}   # optimizers with the same lrs and the same listed variants share sweeps
     for opt, lrs in grids.items():
-        groups.setdefault(tuple(lrs), []).append(opt)
-    variants = cfg.grid_points or [{}]   # listed variants are no product: one sweep each
+        variants = [dict(v) for v in cfg.grid_points_by_optimizer.get(opt) or cfg.grid_points or [{}]]
+        groups.setdefault(repr((list(lrs), variants)), (list(lrs), variants, []))[2].append(opt)
     out = {}
-    for lrs, opts in groups.items():
-        for i, variant in enumerate(variants):
+    for lrs, variants, opts in groups.values():
+        for i, variant in enumerate(variants):   # listed variants are no product: one sweep each
             name = cfg.name if len(groups) == 1 else f"{cfg.name}_{'_'.join(opts)}"
             name += f"_v{i}" if len(variants) > 1 else ""
             out[f"wandb_{name}.yaml"] = {

@@ -200,6 +200,8 @@ CASES = [
     ("sweep-grid-and-point", S, ["sweep.grid_points=[{{train.max_iters:3}}]",
                                  "sweep.grid={{train.max_iters:[4]}}"], None, "both in sweep.grid"),
     ("sweep-train-key", S, ["train.max_itres=3"], None, "max_itres"),
+    ("sweep-points-of-unswept", S, ["sweep.grid_points_by_optimizer={{soap:[{{optimizer.ns:svd}}]}}"],
+     None, "soap is not in sweep.optimizers"),
     ("sweep-launcher", S, ["sweep.launcher=pbs"], None, "sweep.launcher='pbs' is not one of"),
     ("sweep-slurm-key", S, ["sweep.slurm.partiton=gpu"], None, "sweep.slurm.partiton"),
     ("sweep-slurm-time", S, ["sweep.launcher=slurm", "sweep.slurm.time=0"], None,

@@ -227,7 +227,7 @@ def test_sweep_stop_interrupts_runs_and_the_same_command_resumes(tmp_path, small
             "sweep.jobs=1", "sweep.nproc_per_run=2", "sweep.max_extend=0",
             "sweep.optimizers=[adamw]", "sweep.lrs=[1e-3]", "model=tiny", "data=shakespeare_char",
             f"data.source={small_text}", f"data.root={tmp_path / 'data'}", "train.batch_size=4",
-            "train.block_size=32", "train.grad_accum_steps=2", "train.max_iters=300",
+            "train.block_size=32", "train.grad_accum_steps=2", "train.max_iters=600",
             "train.eval_interval=100", "train.eval_iters=2", "train.warmup_iters=5",
             "train.log_interval=5", "train.ckpt_interval=100"]
     log = tmp_path / "sweep.log"
@@ -237,14 +237,14 @@ def test_sweep_stop_interrupts_runs_and_the_same_command_resumes(tmp_path, small
     launcher.send_signal(signal.SIGINT)
     assert finish(launcher, log) == EXIT_INTERRUPTED, tail(log)
     run = runs()[0].parent
-    check_interrupted(run, 300)
+    check_interrupted(run, 600)
     assert json.loads((run / "exit.json").read_text())["status"] == "interrupted"
     assert (d / "results.csv").read_text().splitlines()[1].count(",interrupted,") == 1
     rerun = subprocess.run([sys.executable, "sweep.py", *args], cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     s = summary(run)
-    assert s["status"] == "completed" and s["steps"] == 300
+    assert s["status"] == "completed" and s["steps"] == 600
     assert (run / "train.log").read_text().count("sweep.py launches") == 2
     steps = [e[:2] for e in events(run)]
     assert len(steps) == len(set(steps)), "an event logged twice after the resume"

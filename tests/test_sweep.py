@@ -110,6 +110,22 @@ def test_grid_points_are_listed_variants_times_the_grid_product():
     assert len({p.curve for p in pts}) == 2 * 3 * 2
 
 
+def test_grid_points_by_optimizer_replace_the_listed_variants_of_one_optimizer():
+    pts = points_of(["sweep=cpu_muon_family"])
+    curves = {p.curve for p in pts}
+    assert {"muon", "muon ns=polar_express", "muon cautious_wd=true", "namo", "dion"} <= curves
+    assert not any(c.startswith("namo ") for c in curves)      # namo keeps its one curve
+    pe = next(p for p in pts if p.curve == "muon ns=polar_express")
+    assert "optimizer.ns=polar_express" in pe.overrides and "optimizer=muon" in pe.overrides
+    assert len({p.run_id for p in pts}) == len(pts)
+    from sweeper.points import plan
+    from sweeper.wandb_export import wandb_sweeps
+    pl = plan(["sweep=cpu_muon_family"], [])
+    out = wandb_sweeps(pl.cfg, pl.grids, pl.setup, pl.launch)
+    fixed = [sw["parameters"] for sw in out.values() if "optimizer.ns" in sw["parameters"]]
+    assert len(fixed) == 1 and fixed[0]["optimizer"]["values"] == ["muon"]
+
+
 def test_wandb_export_one_sweep_per_listed_variant():
     from sweeper.points import plan
     from sweeper.wandb_export import wandb_sweeps

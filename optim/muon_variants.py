@@ -1,0 +1,73 @@
+"""Muon variants as links of a Chain (optim/rules.py): NorMuon and AdaMuon.
+
+Both keep Muon's momentum and orthogonalization (any optimizer.ns) and rescale the orthogonalized
+update O with an Adam-style second moment of O itself, in a `post` link (after the transform, on
+the whole gathered stack, with per-parameter state), then align the update's RMS to 0.2 (Adam's
+typical update RMS), so the lr is the one a Moonlight-scaled Muon takes. The step size is
+Muon's fixed_step with shape scale `none`: W <- (1 - lr wd) W - lr D.
+
+NorMuon (Li, Liu, Liang, Chen, Zhao, arXiv 2510.05491, Algorithm 1), per matrix (m x n, rows the
+output neurons):
+    M_t = mu M_{t-1} + (1 - mu) G_t,   O_t = NS(M_t)
+    v_t = mu2 v_{t-1} + (1 - mu2) mean_cols(O_t ⊙ O_t)            (one number per row)
+    Ô_t = O_t / (sqrt(v_t) + eps)   (v_t broadcast along the row)
+    W_t = W_{t-1} - lr wd W_{t-1} - lr (0.2 sqrt(m n) / ||Ô_t||_F) Ô_t
+AdaMuon (Si, Zhang, Shen, arXiv 2507.11005, Algorithm 1 of v2/v3), per matrix:
+    M_t = mu M_{t-1} + (1 - mu) G_t,   O_t = NS(Sign(M_t))        (sign-stabilized)
+    V_t = mu2 V_{t-1} + (1 - mu2) O_t ⊙ O_t                        (one number per entry)
+    Ô_t = O_t / (sqrt(V_t) + eps)
+    W_t = W_{t-1} - lr wd W_{t-1} - lr (0.2 sqrt(m n) / ||Ô_t||_F) Ô_t
+The momentum is Muon's link (ema_momentum), so optimizer.nesterov applies to both: the update
+uses (1 - mu) G + mu M instead of M (the released codes of both papers do; Algorithm 1 of each
+writes plain M_t). No bias correction of v / V: the RMS alignment cancels it (up to eps), as
+both papers note.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from optim.rules import _zeros, ema_momentum
+
+UPDATE_RMS = 0.2        # both papers: match AdamW's typical update RMS
+
+
+def sign_momentum(group, grads, states, out):
+    """AdaMuon's precondition: Sign(M_t) of Muon's (Nesterov) EMA momentum."""
+    ema_momentum(group, grads, states, out)
+    torch._foreach_sign_(out)
+
+
+def _float(D: Tensor) -> Tensor:
+    """D in float32 at least (Newton-Schulz may return bf16); never modified in place."""
+    return D.to(torch.promote_types(D.dtype, torch.float32))
+
+
+def rms_aligned(U: Tensor) -> Tensor:
+    """U 0.2 sqrt(m n) / ||U||_F per matrix of the (S, m, n) stack: every matrix's update RMS
+    becomes 0.2 (a zero matrix stays zero)."""
+    m, n = U.shape[-2:]
+    norm = torch.linalg.vector_norm(U, dim=(-2, -1), keepdim=True)
+    return U * (UPDATE_RMS * math.sqrt(m * n) / norm.clamp_min(1e-30))
+
+
+def normuon_post(group, D: Tensor, states: list[dict], blocks: list[int]) -> Tensor:
+    """NorMuon: per-row second moment v of O (state "row_second_moment", (k, m, 1) per
+    parameter), Ô = O / (sqrt(v) + eps), RMS aligned to 0.2."""
+    O = _float(D)
+    row_sq = O.square().mean(dim=-1, keepdim=True)                              # (S, m, 1)
+    v = _zeros(states, "row_second_moment", [(k, *row_sq.shape[1:]) for k in blocks], row_sq)
+    torch._foreach_lerp_(v, list(row_sq.split(blocks)), 1 - group["mu2"])
+    return rms_aligned(O / (torch.cat(v).sqrt() + group["eps"]))
+
+
+def adamuon_post(group, D: Tensor, states: list[dict], blocks: list[int]) -> Tensor:
+    """AdaMuon: per-entry second moment V of O (state "update_second_moment", like the
+    parameter), Ô = O / (sqrt(V) + eps), RMS aligned to 0.2."""
+    O = _float(D)
+    sq = O.square()
+    V = _zeros(states, "update_second_moment", [(k, *sq.shape[1:]) for k in blocks], sq)
+    torch._foreach_lerp_(V, list(sq.split(blocks)), 1 - group["mu2"])
+    return rms_aligned(O / (torch.cat(V).sqrt() + group["eps"]))
