@@ -50,7 +50,7 @@ import sys
 from configs.errors import UserError, run_cli
 from sweeper.config import SweepConfig, load_sweep
 from sweeper.points import plan, split_args
-from sweeper.report import write_outputs, write_results
+from sweeper.report import grid_axis, write_outputs, write_results
 from sweeper.runner import check_identity, collect, read_sweep, record_sweep, resources
 from sweeper.stages import run_stages
 from sweeper.wandb_export import write_wandb_sweeps
@@ -58,7 +58,8 @@ from trainer.outputs import EXIT_INTERRUPTED
 
 # The fields a report reads: the stored sweep's, unless given on the command line.
 REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
-                 "baseline", "resolve")
+                 "baseline", "resolve", "optimizers", "grid", "grid_points",
+                 "grid_points_by_optimizer")
 
 
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:
@@ -103,7 +104,8 @@ def cmd_report(sweep_args: list[str], train_args: list[str]) -> int:
     cfg = stored_config(cli_cfg, cli_keys, stored)
     s = write_outputs(d, cfg, stored["setup"])
     print(f"{len(collect(d))} runs; ranking: {', '.join(s.ranked) or '(nothing finished yet)'}")
-    print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'best_curves.png'}, "
+    grid = f", {d / 'grid_curves.png'}" if grid_axis(cfg) else ""
+    print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'best_curves.png'}{grid}, "
           f"{d / 'report.md'}")
     return 0
 

@@ -1,7 +1,8 @@
 """The outputs of a sweep in sweep.dir, rebuilt from its runs: results.csv (a row per run),
 report.md (chosen lr and its held-out score, stable range, the metric's columns, paired verdicts,
 every pair, speedups, every lr, failed runs), lr_curves.png (the metric against lr per curve,
-with 95% confidence bands) and best_curves.png (the runs that score each curve). Words, digits
+with 95% confidence bands), best_curves.png (the runs that score each curve) and, for a sweep of
+one numeric extra axis (sweep.grid, e.g. batch size), grid_curves.png (the score against it). Words, digits
 and curves that depend on the metric come from its Metric.
 """
 from __future__ import annotations
@@ -10,9 +11,10 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Optional
 
 from sweeper.config import fmt
+from sweeper.points import curve_label
 from sweeper.runner import collect
 from sweeper.paired import mean_interval
 from sweeper.stats import CurveStats, Summary, chain, neighbour_costs, summarize
@@ -309,11 +311,55 @@ def plot_best_curves(s: Summary, cfg, path: Path) -> None:
     save_figure(f, path, legend=bool(s.ranked))
 
 
+def grid_axis(cfg) -> Optional[str]:
+    """The sweep's one numeric extra axis (sweep.grid with one key, no listed variants), if any:
+    a study of that axis (batch size, width) gets grid_curves.png."""
+    if len(cfg.grid) != 1 or cfg.grid_points or cfg.grid_points_by_optimizer:
+        return None
+    (key, values), = cfg.grid.items()
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+    return key if numeric and len(values) > 1 else None
+
+
+def plot_grid_axis(s: Summary, cfg, key: str, path: Path) -> None:
+    """Each optimizer's score (held-out seeds at its chosen lr when there are any) against the
+    axis' values, mean with its 95% t interval; "k/n" where only k of n runs reached a value."""
+    f = new_figure()
+    ax = f.ax
+    for i, opt in enumerate(cfg.optimizers):
+        xs, means, errs = [], [], []
+        for v in sorted(cfg.grid[key]):
+            sc = s.scores.get(curve_label(opt, {key: v}))
+            if sc is None or not sc.values:
+                continue
+            mean, low, high = sc.interval
+            xs.append(v)
+            means.append(mean)
+            errs.append((0.0, 0.0) if math.isnan(low) else (mean - low, high - mean))
+            if sc.n_bad:
+                ax.annotate(f"{sc.n - sc.n_bad}/{sc.n}", (v, mean), textcoords="offset points",
+                            xytext=(5, 5), fontsize=8, color=f"C{i % 10}")
+        if xs:
+            ax.errorbar(xs, means, yerr=list(zip(*errs)), fmt="o-", color=f"C{i % 10}",
+                        capsize=3, label=opt)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(cfg.grid[key]), [str(v) for v in sorted(cfg.grid[key])])
+    ax.set_xlabel(key)
+    ax.set_ylabel(s.metric.axis_label)
+    held = any(sc.held_out for sc in s.scores.values())
+    ax.set_title(f"{cfg.name}: {'held-out seeds' if held else 'stage-1 seeds'} at each curve's "
+                 f"chosen lr, 95% CI; k/n: runs that reached a value", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    save_figure(f, path, legend=bool(cfg.optimizers))
+
+
 def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
     rows = collect(d)
     write_results(d, rows)
     s = summarize(rows, cfg)
     plot_lr_curves(s, cfg, d / "lr_curves.png")
     plot_best_curves(s, cfg, d / "best_curves.png")
+    if (key := grid_axis(cfg)) is not None:
+        plot_grid_axis(s, cfg, key, d / "grid_curves.png")
     write_atomic(d / "report.md", report_markdown(rows, cfg, setup, s))
     return s

@@ -115,3 +115,28 @@ def test_staged_sweep_end_to_end(tmp_path, small_text, capsys):
     before = {r["run_id"]: launches(d / "runs" / r["run_id"]) for r in rows}
     assert sweep.main(args) == 0                                  # resumes: nothing to run
     assert {r["run_id"]: launches(d / "runs" / r["run_id"]) for r in results(d)} == before
+
+
+def test_a_sweep_of_one_numeric_axis_plots_the_score_against_it(tmp_path):
+    """sweep.grid with one numeric key (e.g. batch size): report writes grid_curves.png with
+    each optimizer's score per axis value; listed variants or a second axis do not."""
+    from test_sweep import fake_run
+    from sweeper.config import SweepConfig
+    from sweeper.report import grid_axis
+    d = tmp_path / "hand"
+    for opt, finals in {"a": {64: 2.0, 128: 1.9}, "b": {64: 2.1, 128: 1.8}}.items():
+        for width, final in finals.items():
+            for seed in (0, 1):
+                fake_run(d, opt, 1e-3, seed, {"status": "completed", "final_val_loss": final + 0.01 * seed,
+                                              "best_val_loss": final, "steps": 100, "tokens": 1000,
+                                              "diverged_at_step": None},
+                         [{"step": 100, "tokens": 1000, "val/loss": final}], grid={"model.n_embd": width})
+    write_sweep_json(d, seeds=[0, 1], optimizers=["a", "b"], lrs=[1e-3],
+                     grid={"model.n_embd": [64, 128]})
+    assert sweep.main(["report", f"sweep.dir={d}"]) == 0
+    assert (d / "grid_curves.png").stat().st_size > 0
+    assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512]})) == "train.batch_size"
+    assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512], "model.n_embd": [64, 128]})) is None
+    assert grid_axis(SweepConfig(grid={"optimizer.decay_style": ["adaptive", "decoupled"]})) is None
+    assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512]},
+                                 grid_points=[{"optimizer.weight_decay": 0.0}])) is None
