@@ -326,7 +326,8 @@ def plot_grid_axis(s: Summary, cfg, key: str, path: Path) -> None:
     axis' values, mean with its 95% t interval; "k/n" where only k of n runs reached a value."""
     f = new_figure()
     ax = f.ax
-    for i, opt in enumerate(cfg.optimizers):
+    optimizers = list(dict.fromkeys(curve.split(" ", 1)[0] for curve in s.stats))   # as run
+    for i, opt in enumerate(optimizers):
         xs, means, errs = [], [], []
         for v in sorted(cfg.grid[key]):
             sc = s.scores.get(curve_label(opt, {key: v}))
@@ -350,7 +351,7 @@ def plot_grid_axis(s: Summary, cfg, key: str, path: Path) -> None:
     ax.set_title(f"{cfg.name}: {'held-out seeds' if held else 'stage-1 seeds'} at each curve's "
                  f"chosen lr, 95% CI; k/n: runs that reached a value", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    save_figure(f, path, legend=bool(cfg.optimizers))
+    save_figure(f, path, legend=bool(optimizers))
 
 
 def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
