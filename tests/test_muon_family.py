@@ -334,6 +334,49 @@ def test_normuon_matches_pytorch_optimizer():
         assert rel(a.detach() - w, b.detach() - w) < 2e-2
 
 
+@pytest.fixture
+def heavyball_eager(monkeypatch):
+    """heavyball (dev extra) with torch.compile off: its functions run as plain PyTorch."""
+    hb = pytest.importorskip("heavyball.utils")
+    monkeypatch.setattr(hb, "compile_mode", None)
+    return hb
+
+
+@pytest.mark.parametrize("shape,cond", [((48, 80), 50.0), ((96, 32), 200.0)])
+def test_polar_express_matches_heavyball_msign(heavyball_eager, shape, cond):
+    """heavyball's Polar Express (its own copy of the paper's table, safety factor included):
+    the same coefficients, and in float64 the same polar factor once both have converged (its
+    start is G / ||G||, ours G / (1.01 ||G||), so only the converged results are comparable)."""
+    for ours, theirs in zip(polar.POLAR_EXPRESS_COEFFS, heavyball_eager.ABC_LIST_STABLE):
+        assert ours == pytest.approx(theirs, rel=1e-14)
+    G = ill_conditioned(*shape, cond=cond, stack=1, seed=11)[0]
+    ours = polar.polar_express(G, steps=10, dtype=torch.float64)
+    theirs = heavyball_eager.msign(G, 10)
+    exact = polar64(G)
+    assert (ours - exact).abs().max() < 1e-9 and (theirs - exact).abs().max() < 1e-9
+    assert (ours - theirs).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cautious_decay_matches_heavyball(heavyball_eager, seed):
+    """apply_update(cautious=True) against heavyball's update_param_(cautious_decay=True),
+    p <- p (1 - lr wd I(p u >= 0)) - lr u, on fresh random weights and updates."""
+    g = torch.Generator().manual_seed(seed)
+    shapes, lr, wd = [(16, 24), (24, 16), (8, 8)], 0.03, 0.2
+    ws = [torch.randn(s, generator=g) for s in shapes]
+    D = torch.cat([torch.randn(s, generator=g).flatten() for s in shapes])
+    blocks = [w.numel() for w in ws]
+    ours = [w.clone() for w in ws]
+    flat = [w.view(-1) for w in ours]
+    apply_update(flat, D, lr, 1 - lr * wd, blocks, cautious=True)
+    theirs = [w.clone() for w in ws]
+    heavyball_eager.update_param_(theirs, [d.view(s) for d, s in zip(D.split(blocks), shapes)],
+                                  lr, wd, cautious_decay=True)
+    for a, b, w in zip(ours, theirs, ws):
+        assert not torch.equal(b, w)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["normuon", "adamuon", "dion"])
 def test_variant_state_round_trip(name):
     from test_optim import assert_resumes_exactly
