@@ -96,7 +96,8 @@ def test_cli_lrs_replace_preset_grids_and_grid_axes():
 
 
 def test_grid_points_are_listed_variants_times_the_grid_product():
-    pts = points_of(["sweep=namo_decay"])
+    # lrs and seeds given here, so the count does not follow the preset's grid
+    pts = points_of(["sweep=namo_decay", "sweep.lrs=[0.01,0.02,0.04,0.08]", "sweep.seeds=[0,1]"])
     variants = {tuple(sorted(p.grid.items())) for p in pts}
     assert variants == {(("optimizer.weight_decay", 0.0),),
                         (("optimizer.decay_style", "adaptive"), ("optimizer.weight_decay", 0.1)),
