@@ -151,6 +151,8 @@ def test_wandb_export_one_sweep_per_listed_variant():
     ("grokking/grok_rank", ["sweep=grok_rank", "sweep.seeds=[0,1]"], ()),
     # namo_decay ran with the data file's absolute path (part of each run's id, see its README)
     ("namo_decay", ["sweep=namo_decay", "data.source=/work/shared/data/tinyshakespeare.txt"], ()),
+    ("cpu_spectral_faithful", ["sweep=cpu_spectral_faithful",
+                               "data.source=../shared/data/tinyshakespeare.txt"], ()),
 ])
 def test_committed_run_ids(study, args, drop):
     # stage-1 grid runs only: bracketing, held-out seeds and budgets follow from their results
