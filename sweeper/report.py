@@ -247,13 +247,26 @@ def save_figure(f: Figure, path: Path, legend: bool) -> None:
     f.plt.close(f.fig)
 
 
+def curve_colors(n: int) -> list[str]:
+    """One colour per curve: matplotlib's default cycle (C0-C9) for up to 10 curves, tab20's 20
+    colours beyond that (so a 16-curve study no longer draws two curves in one colour)."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab20 = colormaps["tab20"].colors
+    return [to_hex(tab20[i % 20]) for i in range(n)]
+
+
 def plot_lr_curves(s: Summary, cfg, path: Path) -> None:
     """Stage 1's mean per lr with its 95% t band (lrs added by bracketing hollow), x where runs
     diverged, and each curve's held-out score at its chosen lr (a star with its interval)."""
     f = new_figure()
     ax = f.ax
+    colors = curve_colors(len(s.stats))
     for i, (curve, per_lr) in enumerate(s.stats.items()):
-        color = f"C{i % 10}"
+        color = colors[i]
         ok = [st for st in per_lr if st.values]
         if ok:
             band = [mean_interval(st.values) for st in ok]
@@ -291,6 +304,7 @@ def plot_best_curves(s: Summary, cfg, path: Path) -> None:
     m = s.metric
     f = new_figure()
     ax = f.ax
+    colors = curve_colors(len(s.ranked))
     for i, curve in enumerate(s.ranked):
         best = s.curves[curve].best
         for k, r in enumerate(s.scored.get(curve, best.runs)):
@@ -299,7 +313,7 @@ def plot_best_curves(s: Summary, cfg, path: Path) -> None:
             for series in m.series:
                 pts = [x for x in recs if x.get(series.key) is not None]
                 ax.plot([x[m.x_key] for x in pts], [x[series.key] for x in pts],
-                        *([series.fmt] if series.fmt else []), color=f"C{i % 10}", lw=1,
+                        *([series.fmt] if series.fmt else []), color=colors[i], lw=1,
                         label=label if series.labelled else None)
     if m.x_scale is not None:
         ax.set_xscale(m.x_scale[0], **dict(m.x_scale[1]))

@@ -547,3 +547,16 @@ def test_interrupted_run_is_resumed_never_a_result(tmp_path):
     write_sweep_json(d)
     assert sweep.main(["report", f"sweep.dir={d}"]) == 0
     assert "1 interrupted" in (d / "report.md").read_text()
+
+
+def test_curve_colors_distinct_past_ten_curves():
+    """Figures give each curve its own colour: the default cycle up to 10, tab20 beyond (a
+    16-curve study drew two curves in one colour before)."""
+    from matplotlib.colors import to_hex
+
+    from sweeper.report import curve_colors
+
+    assert curve_colors(8) == [f"C{i}" for i in range(8)]
+    many = curve_colors(16)
+    assert len(many) == 16 and len({to_hex(c) for c in many}) == 16
+    assert len({to_hex(c) for c in curve_colors(20)}) == 20
