@@ -9,6 +9,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tiny_args(tmp_path: Path, source: Path, *extra: str) -> list[str]:
+    """train.py overrides for a run of the `tiny` model on a small text (seconds on a CPU): the
+    one place the tests spell it. Later overrides win, so `extra` may change any of these."""
+    return ["model=tiny", "data=shakespeare_char", f"data.source={source}",
+            f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.block_size=32",
+            "train.max_iters=40", "train.eval_interval=20", "train.eval_iters=2",
+            "train.warmup_iters=5", "train.log_interval=5", "threads=1", *extra]
+
+
 def launch(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
     prefix = [sys.executable, "train.py"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

@@ -13,7 +13,7 @@ import train
 from optim import OptimizerConfig, build_optimizer, capability
 from optim.rules import resolve_ns_dtype
 from test_optim import SHAPES, Matrices, quiet, random_grads, run_updates
-from test_train import tiny_args
+from runs import tiny_args
 
 NO_BF16 = frozenset({"fpu", "sse2", "avx2", "avx512f", "avx512bw", "avx512_vnni"})
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import yaml
 
 import train
+from runs import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path: Path, source: Path, *extra: str) -> list[str]:
-    return ["model=tiny", "data=shakespeare_char", f"data.source={source}",
-            f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.block_size=32",
-            "train.max_iters=3", "train.eval_interval=3", "train.eval_iters=1",
-            "train.warmup_iters=1", "train.log_interval=1", "threads=1", *extra]
+    """A 3-step tiny run: these tests check what Hydra does around a run, not the training."""
+    return tiny_args(tmp_path, source, "train.max_iters=3", "train.eval_interval=3",
+                     "train.eval_iters=1", "train.warmup_iters=1", "train.log_interval=1", *extra)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

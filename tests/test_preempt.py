@@ -20,16 +20,16 @@ import torch
 
 import train
 from trainer.outputs import EXIT_INTERRUPTED, read_metrics
+from runs import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_args(tmp_path: Path, source: Path, out: Path, *extra: str) -> list[str]:
-    return ["model=tiny", "data=shakespeare_char", f"data.source={source}",
-            f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.block_size=32",
-            "train.max_iters=400", "train.eval_interval=100", "train.eval_iters=2",
-            "train.warmup_iters=5", "train.log_interval=5", "train.ckpt_interval=100", "threads=1",
-            "model.dropout=0.1", f"out_dir={out}", *extra]
+def checkpointed_args(tmp_path: Path, source: Path, out: Path, *extra: str) -> list[str]:
+    """A 400-step tiny run into `out` with a checkpoint every 100 steps (dropout on, so a resume
+    must also restore the random state)."""
+    return tiny_args(tmp_path, source, "train.max_iters=400", "train.eval_interval=100",
+                     "train.ckpt_interval=100", "model.dropout=0.1", f"out_dir={out}", *extra)
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -100,9 +100,9 @@ def check_interrupted(out: Path, max_iters: int) -> dict:
 
 def test_sigterm_stops_after_the_step_and_resume_is_exact(tmp_path, small_text):
     full, out = tmp_path / "full", tmp_path / "stopped"
-    assert train.main(tiny_args(tmp_path, small_text, full)) == 0   # also prepares the data
+    assert train.main(checkpointed_args(tmp_path, small_text, full)) == 0   # also prepares the data
     log = tmp_path / "stopped.log"
-    proc = start_train(tiny_args(tmp_path, small_text, out), log)
+    proc = start_train(checkpointed_args(tmp_path, small_text, out), log)
     wait_for("a train record", lambda: trained(out), proc, log)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc, log) == EXIT_INTERRUPTED, tail(log)
@@ -111,8 +111,8 @@ def test_sigterm_stops_after_the_step_and_resume_is_exact(tmp_path, small_text):
     assert f"stopped by SIGTERM after step {s['steps']}" in tail(log)
     assert not list(out.glob(".*.tmp"))
     # A fresh run is refused (the directory holds a run); resume=true goes on exactly.
-    assert train.main(tiny_args(tmp_path, small_text, out)) == 2
-    assert train.main(tiny_args(tmp_path, small_text, out, "resume=true")) == 0
+    assert train.main(checkpointed_args(tmp_path, small_text, out)) == 2
+    assert train.main(checkpointed_args(tmp_path, small_text, out, "resume=true")) == 0
     resumed, reference = summary(out), summary(full)
     assert resumed["status"] == "completed" and resumed["steps"] == 400
     for key in ("final_val_loss", "final_val_loss_full", "best_val_loss"):
@@ -124,7 +124,7 @@ def test_sigterm_stops_after_the_step_and_resume_is_exact(tmp_path, small_text):
                          ids=["SIGUSR1", "SIGUSR2", "SIGINT"])   # SIGUSR2: submitit's warning
 def test_sigusr1_and_sigint_stop_cleanly(tmp_path, small_text, sig):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    proc = start_train(tiny_args(tmp_path, small_text, out, "train.max_iters=100000"), log)
+    proc = start_train(checkpointed_args(tmp_path, small_text, out, "train.max_iters=100000"), log)
     wait_for("a train record", lambda: trained(out), proc, log)
     proc.send_signal(sig)
     assert finish(proc, log) == EXIT_INTERRUPTED, tail(log)
@@ -136,7 +136,7 @@ def test_second_signal_ends_at_once(tmp_path, small_text):
     """A step that takes a minute: the first SIGTERM waits for it, a copy sent right after is
     the same request, a SIGTERM seconds later ends the process at once and leaves no summary."""
     out, log, marker = tmp_path / "run", tmp_path / "run.log", tmp_path / "in_step"
-    args = tiny_args(tmp_path, small_text, out, "train.max_iters=100000")
+    args = checkpointed_args(tmp_path, small_text, out, "train.max_iters=100000")
     code = (f"import sys, time, train\nreal = train.optimizer_step\n"
             f"def slow(*a, **k):\n    real(*a, **k)\n    open({str(marker)!r}, 'w').close()\n"
             f"    time.sleep(120)\ntrain.optimizer_step = slow\nsys.exit(train.main({args!r}))\n")
@@ -157,7 +157,7 @@ def test_second_signal_ends_at_once(tmp_path, small_text):
 # torchrun, 2 gloo ranks
 
 def torchrun_args(tmp_path: Path, source: Path, out: Path, *extra: str) -> list[str]:
-    return tiny_args(tmp_path, source, out, "train.grad_accum_steps=2", "train.max_iters=200",
+    return checkpointed_args(tmp_path, source, out, "train.grad_accum_steps=2", "train.max_iters=200",
                      "train.eval_interval=50", "train.ckpt_interval=50", *extra)
 
 

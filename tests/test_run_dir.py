@@ -22,7 +22,7 @@ from sweeper.runner import RunLock
 from trainer import outputs
 from trainer.outputs import TRAIN_LOCK, FileLock, read_metrics
 
-from test_preempt import start_train, tiny_args, trained, wait_for
+from test_preempt import checkpointed_args, start_train, trained, wait_for
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -50,7 +50,7 @@ def files(d: Path) -> set[str]:
 
 def test_second_train_py_on_the_same_out_dir_is_refused(tmp_path, small_text, capsys):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    args = tiny_args(tmp_path, small_text, out, "train.max_iters=100000", "train.ckpt_interval=20")
+    args = checkpointed_args(tmp_path, small_text, out, "train.max_iters=100000", "train.ckpt_interval=20")
     proc = start_train(args, log)
     try:
         wait_for("a checkpoint", lambda: (out / "ckpt.pt").exists() and trained(out), proc, log)
@@ -80,7 +80,7 @@ def test_a_sweep_launched_run_takes_its_own_lock(tmp_path, small_text):
     sweep_lock = RunLock(out)
     assert sweep_lock.acquire()
     try:
-        assert train.main(tiny_args(tmp_path, small_text, out, "train.max_iters=5")) == 0
+        assert train.main(checkpointed_args(tmp_path, small_text, out, "train.max_iters=5")) == 0
     finally:
         sweep_lock.release()
     assert (out / "sweep.lock").exists() and (out / TRAIN_LOCK).exists()
@@ -141,7 +141,7 @@ def test_checkpoint_on_a_full_disk(tmp_path, small_text, capsys, monkeypatch, wh
     """The second checkpoint cannot be written: one line naming ckpt.pt and why; the first
     checkpoint stays and resumes to the end of an uninterrupted run."""
     full, out = tmp_path / "full", tmp_path / "run"
-    args = lambda o, *x: tiny_args(tmp_path, small_text, o, "train.max_iters=60",  # noqa: E731
+    args = lambda o, *x: checkpointed_args(tmp_path, small_text, o, "train.max_iters=60",  # noqa: E731
                                    "train.ckpt_interval=20", "train.eval_interval=20", *x)
     assert train.main(args(full)) == 0
     if where == "fsync":
@@ -187,7 +187,7 @@ def test_metrics_on_a_full_disk(tmp_path, small_text, capsys, monkeypatch):
 
     monkeypatch.setattr(outputs, "open", fake_open, raising=False)
     capsys.readouterr()
-    code = train.main(tiny_args(tmp_path, small_text, out, "train.max_iters=60",
+    code = train.main(checkpointed_args(tmp_path, small_text, out, "train.max_iters=60",
                                 "train.ckpt_interval=10"))
     check_one_error(code, capsys.readouterr().err, f"cannot write {out / 'metrics.jsonl'}",
                     "No space left on device")
@@ -236,7 +236,7 @@ def test_a_full_disk_in_a_real_process(tmp_path, small_text):
         "os.fsync = fsync\n")
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "train.py",
-                        *tiny_args(tmp_path, small_text, out, "train.max_iters=60",
+                        *checkpointed_args(tmp_path, small_text, out, "train.max_iters=60",
                                    "train.ckpt_interval=20")],
                        cwd=Path(train.__file__).parent, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(hook)))

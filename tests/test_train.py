@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 import train
+from runs import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_args(tmp_path: Path, source: Path, *extra: str) -> list[str]:
-    return ["model=tiny", "data=shakespeare_char", f"data.source={source}",
-            f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.block_size=32",
-            "train.max_iters=40", "train.eval_interval=20", "train.eval_iters=2",
-            "train.warmup_iters=5", "train.log_interval=5", "threads=1", *extra]
 
 
 def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
