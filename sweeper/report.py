@@ -259,12 +259,24 @@ def curve_colors(n: int) -> list[str]:
     return [to_hex(tab20[i % 20]) for i in range(n)]
 
 
+def label_lr_ticks(ax, lrs: list[float]) -> None:
+    """Name the grid's lrs on a log x axis (up to 12 of them; beyond, the decades). Matplotlib
+    labels the minor ticks of a span under two decades, and those labels overlap."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    grid = sorted(set(lrs))
+    if 1 < len(grid) <= 12:
+        ax.set_xticks(grid, [f"{lr:g}" for lr in grid])
+
+
 def plot_lr_curves(s: Summary, cfg, path: Path) -> None:
     """Stage 1's mean per lr with its 95% t band (lrs added by bracketing hollow), x where runs
     diverged, and each curve's held-out score at its chosen lr (a star with its interval)."""
     f = new_figure()
     ax = f.ax
     colors = curve_colors(len(s.stats))
+    band_alpha = 0.2 if len(s.stats) <= 4 else 0.07   # many overlapping bands hide the means
     for i, (curve, per_lr) in enumerate(s.stats.items()):
         color = colors[i]
         ok = [st for st in per_lr if st.values]
@@ -273,7 +285,7 @@ def plot_lr_curves(s: Summary, cfg, path: Path) -> None:
             ax.plot([st.lr for st in ok], [st.mean for st in ok], "o-", color=color, label=curve)
             lo = [b[1] if not math.isnan(b[1]) else b[0] for b in band]
             hi = [b[2] if not math.isnan(b[2]) else b[0] for b in band]
-            ax.fill_between([st.lr for st in ok], lo, hi, color=color, alpha=0.2, lw=0)
+            ax.fill_between([st.lr for st in ok], lo, hi, color=color, alpha=band_alpha, lw=0)
             added = [st for st in ok if st.lr in s.extended.get(curve, [])]
             ax.scatter([st.lr for st in added], [st.mean for st in added], s=60,
                        facecolors="white", edgecolors=color, zorder=3)
@@ -290,6 +302,7 @@ def plot_lr_curves(s: Summary, cfg, path: Path) -> None:
     if lrs and not any(st.values for per in s.stats.values() for st in per):
         ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)   # only x marks: no data limits to log-scale
     ax.set_xscale("log")
+    label_lr_ticks(ax, lrs)
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(s.metric.axis_label)
     ax.set_title(f"{cfg.name}: stage-1 mean, band 95% CI, hollow = added by bracketing, "

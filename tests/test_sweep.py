@@ -560,3 +560,28 @@ def test_curve_colors_distinct_past_ten_curves():
     many = curve_colors(16)
     assert len(many) == 16 and len({to_hex(c) for c in many}) == 16
     assert len({to_hex(c) for c in curve_colors(20)}) == 20
+
+
+def test_lr_axis_names_the_grid_lrs():
+    """Under two decades matplotlib labels minor ticks, which overlap: the figure names the
+    grid's lrs instead (up to 12), and leaves the decades for a longer grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sweeper.report import label_lr_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([0.005, 0.01, 0.02], [1, 2, 3])
+    ax.set_xscale("log")
+    label_lr_ticks(ax, [0.01, 0.005, 0.02, 0.01])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.005", "0.01", "0.02"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    many = [1e-4 * 2 ** k for k in range(14)]
+    fig, ax = plt.subplots()
+    ax.plot(many, many)
+    ax.set_xscale("log")
+    label_lr_ticks(ax, many)
+    assert len(ax.get_xticks()) < 14
+    plt.close("all")
