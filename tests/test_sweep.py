@@ -155,6 +155,7 @@ def test_wandb_export_one_sweep_per_listed_variant():
                                "data.source=../shared/data/tinyshakespeare.txt"], ()),
     ("cpu_muon_family", ["sweep=cpu_muon_family",
                          "data.source=../shared/data/tinyshakespeare.txt"], ()),
+    ("cpu_dion_rank", ["sweep=cpu_dion_rank", "data.source=../shared/data/tinyshakespeare.txt"], ()),
 ])
 def test_committed_run_ids(study, args, drop):
     # stage-1 grid runs only: bracketing, held-out seeds and budgets follow from their results
