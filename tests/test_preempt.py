@@ -157,8 +157,9 @@ def test_second_signal_ends_at_once(tmp_path, small_text):
 # torchrun, 2 gloo ranks
 
 def torchrun_args(tmp_path: Path, source: Path, out: Path, *extra: str) -> list[str]:
-    return checkpointed_args(tmp_path, source, out, "train.grad_accum_steps=2", "train.max_iters=200",
-                     "train.eval_interval=50", "train.ckpt_interval=50", *extra)
+    return checkpointed_args(tmp_path, source, out, "train.grad_accum_steps=2",
+                             "train.max_iters=200", "train.eval_interval=50",
+                             "train.ckpt_interval=50", *extra)
 
 
 def test_torchrun_stop_and_resume(tmp_path, small_text):

@@ -50,7 +50,8 @@ def files(d: Path) -> set[str]:
 
 def test_second_train_py_on_the_same_out_dir_is_refused(tmp_path, small_text, capsys):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    args = checkpointed_args(tmp_path, small_text, out, "train.max_iters=100000", "train.ckpt_interval=20")
+    args = checkpointed_args(tmp_path, small_text, out, "train.max_iters=100000",
+                             "train.ckpt_interval=20")
     proc = start_train(args, log)
     try:
         wait_for("a checkpoint", lambda: (out / "ckpt.pt").exists() and trained(out), proc, log)
@@ -141,8 +142,9 @@ def test_checkpoint_on_a_full_disk(tmp_path, small_text, capsys, monkeypatch, wh
     """The second checkpoint cannot be written: one line naming ckpt.pt and why; the first
     checkpoint stays and resumes to the end of an uninterrupted run."""
     full, out = tmp_path / "full", tmp_path / "run"
-    args = lambda o, *x: checkpointed_args(tmp_path, small_text, o, "train.max_iters=60",  # noqa: E731
-                                   "train.ckpt_interval=20", "train.eval_interval=20", *x)
+    args = lambda o, *x: checkpointed_args(  # noqa: E731
+        tmp_path, small_text, o, "train.max_iters=60", "train.ckpt_interval=20",
+        "train.eval_interval=20", *x)
     assert train.main(args(full)) == 0
     if where == "fsync":
         monkeypatch.setattr(os, "fsync", failing_fsync("ckpt.pt", after=1))
@@ -188,7 +190,7 @@ def test_metrics_on_a_full_disk(tmp_path, small_text, capsys, monkeypatch):
     monkeypatch.setattr(outputs, "open", fake_open, raising=False)
     capsys.readouterr()
     code = train.main(checkpointed_args(tmp_path, small_text, out, "train.max_iters=60",
-                                "train.ckpt_interval=10"))
+                                        "train.ckpt_interval=10"))
     check_one_error(code, capsys.readouterr().err, f"cannot write {out / 'metrics.jsonl'}",
                     "No space left on device")
     monkeypatch.undo()
@@ -237,7 +239,7 @@ def test_a_full_disk_in_a_real_process(tmp_path, small_text):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "train.py",
                         *checkpointed_args(tmp_path, small_text, out, "train.max_iters=60",
-                                   "train.ckpt_interval=20")],
+                                           "train.ckpt_interval=20")],
                        cwd=Path(train.__file__).parent, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(hook)))
     check_one_error(r.returncode, r.stderr, "ckpt.pt", "No space left on device")
