@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from configs.errors import UserError
 
+GELUS = ("tanh", "exact")
+
 
 @dataclass
 class GPTConfig:
@@ -17,6 +19,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True            # biases in Linear and LayerNorm, as GPT-2
     pad_vocab_to: int = 64       # vocab padded up to a multiple of this (50257 -> 50304)
+    # The MLP's GELU: tanh, GPT-2's own ("gelu_new"; HF weights give HF's logits); exact, the
+    # erf GELU of nn.GELU() that nanoGPT, the NAMO and the BeyondMuon repos train with.
+    gelu: str = "tanh"
 
     def __post_init__(self):
         for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -25,5 +30,7 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd={self.n_embd} is not a multiple of model.n_head="
                             f"{self.n_head}; pick sizes where it is (e.g. 768 and 12)")
+        if self.gelu not in GELUS:
+            raise UserError(f"model.gelu={self.gelu!r} is not one of {', '.join(GELUS)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"model.dropout={self.dropout} must be in [0, 1)")

@@ -73,10 +73,12 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers); model.gelu=exact
+        # is nanoGPT's nn.GELU(), as the published NAMO and spectral-family runs train.
+        self.act = gelu_tanh if cfg.gelu == "tanh" else F.gelu
 
     def forward(self, x):
-        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers).
-        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional
 from configs.errors import UserError
 
 # Fields that route parameters or configure a builder, never read by a chain link.
-ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "distributed", "split_qkv",
+ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "decay_embeddings",
+           "distributed", "split_qkv",
            "qkv_patterns", "matrix_patterns", "vector_patterns", "target", "kwargs", "split",
            "foreach", "fused")
 POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
@@ -38,6 +39,10 @@ class OptimizerConfig:
     cautious_wd: bool = False            # matrix chains: decay only where update and weight agree
                                          # in sign (arXiv 2510.12402)
     vector_weight_decay: float = 0.0
+    # Whether the token / position embeddings and the head take weight decay (torch classes: at
+    # weight_decay; the AdamW backup: at vector_weight_decay). true: nanoGPT's grouping (every
+    # tensor of dim >= 2); false: the NAMO repo's (only the hidden matrices). optim/params.py ROLES.
+    decay_embeddings: bool = True
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     momentum: float = 0.95
@@ -91,6 +96,10 @@ class OptimizerConfig:
             bad("rank", "must be >= 1 (or null: full rank)")
         if not 0 < self.rank_fraction <= 1:
             bad("rank_fraction", "must be in (0, 1]")
+        if not self.decay_embeddings and self.route == "all_2d" and self.weight_decay:
+            raise UserError(f"optimizer.decay_embeddings=false with optimizer.route=all_2d and "
+                            f"weight_decay={self.weight_decay}: the matrix chain decays every "
+                            f"matrix alike; set weight_decay=0 or route=patterns")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {', '.join(str(a) for a in allowed)}")

@@ -68,10 +68,32 @@ def shape_groups(matrix, cfg) -> dict[tuple[int, int], list[tuple[str, torch.Ten
     return groups
 
 
-def decay_groups(named, weight_decay: float) -> list[dict]:
-    """nanoGPT's grouping: weight decay on tensors with dim >= 2, none on biases and gains."""
-    decay = [p for _, p in named if p.ndim >= 2]
-    no_decay = [p for _, p in named if p.ndim < 2]
+# What each parameter is to the model, by any of its names: the token / position embeddings (a
+# tied head is the token embedding), the output head, scalars (gains, biases: every tensor of
+# dim < 2) and the hidden matrices. Decay grouping (optimizer.decay_embeddings) reads it.
+ROLES = ("embed", "head", "scalar", "hidden")
+ROLE_PATTERNS = {"embed": ("*wte*", "*wpe*", "*embed*"), "head": ("*lm_head*",)}
+
+
+def param_role(names, p: torch.Tensor) -> str:
+    """One of ROLES for the tensor `p` known by `names` (every name it goes by)."""
+    if p.ndim < 2:
+        return "scalar"
+    for role, patterns in ROLE_PATTERNS.items():
+        if any(_matches(n, patterns) for n in names):
+            return role
+    return "hidden"
+
+
+def decay_groups(named, weight_decay: float, decay_embeddings: bool = True,
+                 aliases: dict | None = None) -> list[dict]:
+    """nanoGPT's grouping: weight decay on tensors with dim >= 2, none on biases and gains.
+    decay_embeddings=False: none on the embeddings and the head either (the NAMO repo's AdamW)."""
+    def decays(name, p):
+        role = param_role((aliases or {}).get(id(p), [name]), p)
+        return role == "hidden" or (decay_embeddings and role in ("embed", "head"))
+    decay = [p for n, p in named if decays(n, p)]
+    no_decay = [p for n, p in named if not decays(n, p)]
     return [g for g in ({"params": decay, "weight_decay": weight_decay},
                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 

@@ -41,8 +41,8 @@ from configs.errors import UserError
 from optim.combined import CombinedOptimizer
 from optim.config import OptimizerConfig
 from optim.matrix import MatrixOptimizer
-from optim.params import (decay_groups, log_split, named_params, shape_groups, split_params,
-                          summarize)
+from optim.params import (decay_groups, log_split, named_params, param_role, shape_groups,
+                          split_params, summarize)
 from optim import capability
 from optim.muon_variants import adamuon_post, normuon_post, sign_momentum
 from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
@@ -118,10 +118,18 @@ def _with_lr(groups: list[dict], lr: float, kind: str) -> list[dict]:
 def adamw_backup(vector, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW for the vector params (embeddings, tied head, LayerNorm, biases)."""
     lr = cfg.lr if cfg.vector_lr is None else cfg.vector_lr
-    group = {"params": [p for _, p in vector], "base_lr": lr, "kind": "vector"}
+    if cfg.decay_embeddings or not cfg.vector_weight_decay:
+        groups = [{"params": [p for _, p in vector]}]
+    else:   # two groups only where they differ: the backup's state keeps its old layout
+        embeds = [p for n, p in vector if param_role([n], p) in ("embed", "head")]
+        rest = [p for n, p in vector if param_role([n], p) not in ("embed", "head")]
+        groups = [g for g in ({"params": rest}, {"params": embeds, "weight_decay": 0.0})
+                  if g["params"]]
+    for g in groups:
+        g.update(base_lr=lr, kind="vector")
     kwargs = dict(lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.vector_weight_decay,
-                  **speed_flags(torch.optim.AdamW, cfg, _device_type(group["params"])))
-    return torch.optim.AdamW([group], **kwargs)
+                  **speed_flags(torch.optim.AdamW, cfg, _device_type(groups)))
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def with_backup(matrix_opt: torch.optim.Optimizer | None, vector, cfg) -> CombinedOptimizer:
@@ -137,11 +145,15 @@ def with_backup(matrix_opt: torch.optim.Optimizer | None, vector, cfg) -> Combin
 
 def _torch_builder(cls, hyper: Callable[[OptimizerConfig], dict]) -> Builder:
     def build(model, cfg, log, zero):
-        named, _ = named_params(model)
-        groups = _with_lr(decay_groups(named, cfg.weight_decay), cfg.lr, "all")
+        named, aliases = named_params(model)
+        groups = _with_lr(decay_groups(named, cfg.weight_decay, cfg.decay_embeddings, aliases),
+                          cfg.lr, "all")
+        decayed = sum(p.ndim >= 2 and (cfg.decay_embeddings or
+                                       param_role(aliases[id(p)], p) == "hidden") for _, p in named)
+        which = "dim >= 2" if cfg.decay_embeddings else "dim >= 2 except embeddings and head"
         log(f"optimizer: {cls.__name__}{' (ZeRO-1)' if zero else ''} on all {len(named)} tensors "
             f"({sum(p.numel() for _, p in named):,} params), weight decay {cfg.weight_decay} "
-            f"on the {sum(p.ndim >= 2 for _, p in named)} with dim >= 2: {summarize(named)}")
+            f"on the {decayed} with {which}: {summarize(named)}")
         return _construct(cls, groups, cfg, zero, lr=cfg.lr, **hyper(cfg))
     return build
 
@@ -247,8 +259,9 @@ def _library_builder(target: str | None, split: bool | None, hyper: Callable) ->
                                  weight_decay=cfg.weight_decay, **hyper(cfg))
             log_split(log, matrix, vector, name)
             return with_backup(opt, vector, cfg)
-        named, _ = named_params(model)
-        groups = _with_lr(decay_groups(named, cfg.weight_decay), cfg.lr, "all")
+        named, aliases = named_params(model)
+        groups = _with_lr(decay_groups(named, cfg.weight_decay, cfg.decay_embeddings, aliases),
+                          cfg.lr, "all")
         log(f"optimizer: {name} on all {len(named)} tensors, weight decay on dim >= 2: "
             f"{summarize(named)}")
         return _construct(cls, groups, cfg, zero, lr=cfg.lr, **hyper(cfg))

@@ -31,8 +31,13 @@ class TrainConfig:
     grad_clip: float = 1.0               # 0 disables
     schedule: str = "cosine"             # cosine | wsd | constant
     warmup_iters: int = 100
+    warmup_from_zero: bool = False       # warmup s / warmup_iters (NAMO repo) instead of nanoGPT's
+                                         # (s + 1) / (warmup_iters + 1)
     decay_frac: float = 0.2              # wsd: share of max_iters spent decaying
     min_lr_ratio: float = 0.1            # final lr / peak lr
+    # An absolute final lr for every param group instead (BeyondMuon's min_lr_matrix and
+    # min_lr_vector: lr = min_lr + c (peak - min_lr)); null: min_lr_ratio x each group's peak.
+    min_lr: Optional[float] = None
     diverge_loss: float = 20.0           # a train loss above this (or non-finite) ends the run
     ckpt_interval: int = 250             # 0: only at the end
     zero: bool = False                   # ZeRO-1 optimizer-state sharding (torchrun)
@@ -46,6 +51,8 @@ class TrainConfig:
         if self.final_eval_tokens < 0:
             raise UserError(f"train.final_eval_tokens={self.final_eval_tokens} must be >= 0 "
                             "(0 turns the final full-val evaluation off)")
+        if self.min_lr is not None and self.min_lr < 0:
+            raise UserError(f"train.min_lr={self.min_lr} must be >= 0 (or null: train.min_lr_ratio)")
         if self.schedule not in SCHEDULES:
             raise UserError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
 

@@ -65,11 +65,15 @@ class Progress:
 
 
 def set_lr(optimizer, step: int, t) -> None:
-    """Every param group at its peak lr (group["base_lr"]) times the schedule's factor."""
-    factor = lr_factor(step, max_iters=t.max_iters, warmup_iters=t.warmup_iters,
-                       schedule=t.schedule, min_lr_ratio=t.min_lr_ratio, decay_frac=t.decay_frac)
+    """Every param group at its peak lr (group["base_lr"]) times the schedule's factor; with
+    train.min_lr, each group's floor is that absolute lr (its ratio to the group's peak)."""
+    def factor(base_lr: float) -> float:
+        ratio = t.min_lr_ratio if t.min_lr is None or base_lr == 0 else t.min_lr / base_lr
+        return lr_factor(step, max_iters=t.max_iters, warmup_iters=t.warmup_iters,
+                         schedule=t.schedule, min_lr_ratio=ratio, decay_frac=t.decay_frac,
+                         warmup_from_zero=t.warmup_from_zero)
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
+        group["lr"] = group["base_lr"] * factor(group["base_lr"])
 
 
 def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: int,

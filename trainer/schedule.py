@@ -6,9 +6,11 @@ import math
 
 
 def lr_factor(step: int, *, max_iters: int, warmup_iters: int, schedule: str,
-              min_lr_ratio: float, decay_frac: float = 0.2) -> float:
+              min_lr_ratio: float, decay_frac: float = 0.2, warmup_from_zero: bool = False) -> float:
+    """warmup_from_zero: s / warmup_iters (step 0 at lr 0, the NAMO repo's warmup) instead of
+    nanoGPT's (s + 1) / (warmup_iters + 1)."""
     if step < warmup_iters:
-        return (step + 1) / (warmup_iters + 1)
+        return step / warmup_iters if warmup_from_zero else (step + 1) / (warmup_iters + 1)
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
