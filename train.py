@@ -138,6 +138,7 @@ def run(cfg_node) -> dict:
         group.setdefault("base_lr", group["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=precision.dtype == "float16")
     config = OmegaConf.to_container(cfg_node)
+    config["compile"] = cfg.compile   # the checked spelling: the command line's true arrives "True"
 
     # A task with a finite train set (grokking) serves at most the whole set per batch.
     sequences = t.batch_size if task.train_size is None else min(t.batch_size, task.train_size)

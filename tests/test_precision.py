@@ -101,9 +101,10 @@ def test_cpu_defaults_are_the_old_float32_eager_run(tmp_path, small_text, capsys
     assert summaries[0]["final_val_loss_full"] == summaries[1]["final_val_loss_full"]
 
 
-@pytest.mark.parametrize("given,compiled", [("true", True), ("false", False), ("auto", False)])
+@pytest.mark.parametrize("given,compiled", [("True", True), ("false", False), ("auto", False)])
 def test_the_resolved_compile_reaches_torch_compile(tmp_path, small_text, monkeypatch, given,
                                                     compiled):
+    import yaml
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **k: calls.append(model) or model)
     out = tmp_path / "run"
@@ -111,6 +112,8 @@ def test_the_resolved_compile_reaches_torch_compile(tmp_path, small_text, monkey
                                 "train.eval_interval=1", f"compile={given}")) == 0
     assert len(calls) == int(compiled)
     assert json.loads((out / "summary.json").read_text())["compile"] is compiled
+    # config.yaml keeps the request, in its one spelling
+    assert yaml.safe_load((out / "config.yaml").read_text())["compile"] == given.lower()
 
 
 # ---- scripts/compare_nanogpt.py ---------------------------------------------------------------
