@@ -34,6 +34,7 @@ from trainer.loop import (DivergenceWatch, Progress, StepTimer, evaluate, final_
                           forward_backward, optimizer_step, set_lr)
 from trainer.outputs import (EXIT_INTERRUPTED, FileLock, RunLogger, Status, prepare_out_dir,
                              read_metrics, truncate_metrics, write_atomic, write_hydra_record)
+from trainer.precision import Precision, resolve_precision
 from trainer.provenance import provenance
 from trainer.stop import GracefulStop
 
@@ -45,11 +46,10 @@ PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 9
 
 
 def make_autocast(device: str, dtype: str):
-    """A factory of autocast contexts (bf16/fp16), or of no-ops for float32."""
+    """A factory of autocast contexts (bf16/fp16), or of no-ops for float32. `dtype`: the
+    resolved one (trainer/precision.py, which also refuses float16 off CUDA)."""
     if dtype == "float32":
         return nullcontext
-    if dtype == "float16" and not device.startswith("cuda"):
-        raise UserError("dtype=float16 needs CUDA; use dtype=bfloat16 or float32 on CPU")
     kind = "cuda" if device.startswith("cuda") else "cpu"
     return lambda: torch.autocast(device_type=kind, dtype=getattr(torch, dtype))
 
@@ -77,9 +77,10 @@ def peak_flops(device: str) -> float | None:
     return peak_flops_of(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
 
 
-def wrap_model(model, cfg, env: DistEnv):
-    """The model the loop calls: compiled and/or under DDP; parameters stay the raw model's."""
-    if cfg.compile:
+def wrap_model(model, compile: bool, env: DistEnv):
+    """The model the loop calls: compiled (the resolved compile, never the config's string)
+    and/or under DDP; parameters stay the raw model's."""
+    if compile:
         model = torch.compile(model)
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -121,7 +122,10 @@ def run(cfg_node) -> dict:
     # TF32 for float32 matmuls and convolutions on Ampere and later (nanoGPT's choice); the
     # coupled iterations of optim/spectral.py turn it off for themselves.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
-    autocast = make_autocast(device, cfg.dtype)
+    # dtype=auto, compile=auto: by the device (trainer/precision.py); nothing below reads cfg's
+    precision = resolve_precision(device, cfg.dtype, cfg.compile)
+    log(precision.line())
+    autocast = make_autocast(device, precision.dtype)
     accum = t.micro_steps_per_rank(env.world_size)
 
     # Everything that can reject the input happens before anything is written.
@@ -132,8 +136,9 @@ def run(cfg_node) -> dict:
     optimizer = build_optimizer(model, cfg.optimizer, log=log, zero=t.zero)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.dtype == "float16")
     config = OmegaConf.to_container(cfg_node)
+    config["compile"] = cfg.compile   # the checked spelling: the command line's true arrives "True"
 
     # A task with a finite train set (grokking) serves at most the whole set per batch.
     sequences = t.batch_size if task.train_size is None else min(t.batch_size, task.train_size)
@@ -164,8 +169,9 @@ def run(cfg_node) -> dict:
         peak = peak_flops(device) * env.world_size if peak_flops(device) else None
         log(describe(raw_model, t, env, accum, task.block_size, progress.tokens_per_step))
         progress.wall0 = time.time()
-        r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, cfg, env), raw_model=raw_model,
-                optimizer=optimizer, scaler=scaler, autocast=autocast, accum=accum,
+        r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, precision.compile, env),
+                raw_model=raw_model, optimizer=optimizer, scaler=scaler, autocast=autocast,
+                precision=precision, accum=accum,
                 progress=progress, out_dir=out_dir, config=config, peak=peak,
                 flops_per_step=flops_per_step, log=log, provenance=record,
                 logger=RunLogger(out_dir, cfg.wandb, {**config, "provenance": record}, resuming,
@@ -191,6 +197,7 @@ class Run:
     optimizer: Any
     scaler: Any
     autocast: Any
+    precision: Precision      # the dtype and compile the run resolved to
     accum: int                # micro-steps per rank
     progress: Progress
     out_dir: Path
@@ -323,6 +330,9 @@ class Run:
         summary.extra["provenance"] = self.provenance
         # the Newton-Schulz dtype ns_dtype=auto resolved to (optim/capability.py); null: none run
         summary.extra["ns_dtype"] = getattr(self.optimizer, "ns_dtype", None)
+        # what dtype=auto and compile=auto resolved to on this device (trainer/precision.py)
+        summary.extra["dtype"] = self.precision.dtype
+        summary.extra["compile"] = self.precision.compile
         if self.logger:
             summary.write(self.out_dir)
             self.logger.finish(summary)

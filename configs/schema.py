@@ -23,7 +23,8 @@ from optim.config import OptimizerConfig
 from sweeper.config import SweepConfig
 from trainer.config import TrainConfig, WandbConfig
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+COMPILE = ("auto", "true", "false")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
@@ -41,8 +42,10 @@ class RunConfig:
     overwrite: bool = False              # allow a fresh run into an out_dir that holds one
     seed: int = 1337
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"               # float32 | bfloat16 | float16 (autocast)
-    compile: bool = False
+    # What is asked for; trainer/precision.py resolves auto by the device (CUDA: bf16, or fp16
+    # without bf16, compiled; CPU: float32, eager), and train.py reads only the resolved values.
+    dtype: str = "auto"                  # auto | float32 | bfloat16 | float16 (autocast)
+    compile: str = "auto"                # auto | true | false (a str: auto is no bool)
     tf32: bool = True                    # CUDA float32 matmuls in TF32 (nanoGPT); false: full fp32
     threads: int = 0                     # torch CPU threads; 0 leaves torch's default
     backend: str = "auto"                # torch.distributed backend: auto | gloo | nccl
@@ -50,6 +53,11 @@ class RunConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise UserError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        # The command line's compile=true reaches a str field as "True", a YAML or Python bool
+        # as True: one spelling each, so that nothing tests a truthy "false".
+        if str(self.compile).lower() not in COMPILE:
+            raise UserError(f"compile={self.compile!r} is not one of {', '.join(COMPILE)}")
+        self.compile = str(self.compile).lower()
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UserError(f"unknown device={self.device!r}; use auto, cpu, cuda or cuda:N")
         if self.backend not in BACKENDS:

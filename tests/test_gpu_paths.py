@@ -30,7 +30,7 @@ def tiny_args(tmp_path, source, *extra):
 def test_gpt2_sizes_bring_gpt2_training_shape(model):
     cfg = to_object(load_config([f"model={model}", "data=openwebtext", "dtype=bfloat16", "compile=true"]))
     assert (cfg.train.block_size, cfg.train.batch_size, cfg.train.grad_accum_steps) == (1024, 12, 40)
-    assert cfg.dtype == "bfloat16" and cfg.compile
+    assert cfg.dtype == "bfloat16" and cfg.compile == "true"
     cfg = to_object(load_config([f"model={model}", "train.block_size=256", "train.grad_accum_steps=32"]))
     assert (cfg.train.block_size, cfg.train.grad_accum_steps) == (256, 32)   # the command line wins
     assert to_object(load_config(["model=baby"])).train.block_size == 64        # CPU sizes untouched
@@ -41,7 +41,7 @@ def test_gpu_presets_compile_in_bf16_at_block_1024(preset):
     from sweeper.points import plan
     p = plan([f"sweep={preset}"], [])
     cfg = to_object(load_config(p.points[0].overrides))
-    assert cfg.compile and cfg.dtype == "bfloat16" and cfg.train.block_size == 1024
+    assert cfg.compile == "true" and cfg.dtype == "bfloat16" and cfg.train.block_size == 1024
 
 
 # ---- 2. TF32 ----------------------------------------------------------------------------------
