@@ -75,6 +75,7 @@ class Case:
     kept: dict = field(default_factory=dict)   # a difference we keep -> overrides restoring ours
     bf16_ns: bool = False     # also both sides with Newton-Schulz in bf16
     published_lr: float | None = None   # where `lr` is not the published one: also run that
+    theirs_args: list = field(default_factory=list)   # more of their command line
 
 
 CASES = [
@@ -82,7 +83,10 @@ CASES = [
          {**NAMO_KEPT, "decay on embeddings and head (nanoGPT)": ["optimizer.decay_embeddings=true"]}),
     Case("namo", "muon", "muon", 1.3e-3, NAMO + FP32_NS, NAMO_KEPT, bf16_ns=True),
     Case("namo", "namo", "namo", 1.2e-2, NAMO + FP32_NS, NAMO_KEPT, bf16_ns=True),
-    Case("namo", "namo_d", "namo-d", 9e-3, NAMO + FP32_NS, NAMO_KEPT, bf16_ns=True),
+    # NAMO-D at c = 0.75 (their class default, in their GPT-2-medium grid): here the clamp binds,
+    # where their GPT-2-small c = 0.01 leaves every column scale free at this size.
+    Case("namo", "namo_d", "namo-d", 9e-3, NAMO + FP32_NS + ["optimizer.clamp_c=0.75"], NAMO_KEPT,
+         bf16_ns=True, theirs_args=["optim.col_state_clamp_c=0.75"]),
     Case("beyondmuon", "adam", "Adam", 4e-3, spectral(3e-6), SPECTRAL_KEPT),
     # At this size their published lrs make both sides' runs sensitive to rounding: mSGD at 5.0
     # diverges on both sides (the loss climbs past 6), and AdamZ's 15 fp32 Newton-Schulz steps
@@ -221,7 +225,8 @@ def run_theirs(copy: Path, case: Case, replay: Path, record: Path, vocab: int) -
                "model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.bias=false",
                f"block_size={BLOCK}", f"batch_size={BATCH}", f"gradient_accumulation_steps={ACCUM}",
                f"max_iters={STEPS - 1}", "eval_interval=1000", "eval_iters=1", "log_interval=1",
-               "compile=0", "wandb_log=0", "exp_name=cp", f"data_dir={copy / 'cp_data'}", "dataset=cp"]
+               "compile=0", "wandb_log=0", "exp_name=cp", f"data_dir={copy / 'cp_data'}", "dataset=cp",
+               *case.theirs_args]
     else:
         (copy / "data" / "cp").mkdir(parents=True, exist_ok=True)
         shutil.copy(data / "meta.pkl", copy / "data" / "cp" / "meta.pkl")
@@ -230,7 +235,7 @@ def run_theirs(copy: Path, case: Case, replay: Path, record: Path, vocab: int) -
                f"--batch_size={BATCH}", f"--gradient_accumulation_steps={ACCUM}",
                f"--max_iters={STEPS - 1}", f"--lr_decay_iters={STEPS}", f"--warmup_iters={WARMUP}",
                "--eval_interval=1000", "--eval_iters=1", "--log_interval=1", "--compile=False",
-               "--tb_log=False", "--dataset=cp", "--out_dir=out_cp"]
+               "--tb_log=False", "--dataset=cp", "--out_dir=out_cp", *case.theirs_args]
     proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"error: their {case.theirs} run failed:\n{proc.stderr[-3000:]}")
