@@ -24,7 +24,7 @@ ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "decay_embedding
 POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
 NS_DTYPES = ("bfloat16", "float32", "float16")      # torch dtype names; "auto" picks per device
 CHOICES = {"decay_style": ("adaptive", "decoupled"),
-           "ns": ("newton_schulz", "svd", "polar_express", "gram"),
+           "ns": ("newton_schulz", "cubic", "svd", "polar_express", "gram"),
            "scale": (None, "moonlight", "original", "none"),
            "ns_dtype": ("auto", *NS_DTYPES),
            "route": ("patterns", "all_2d")}
@@ -52,7 +52,8 @@ class OptimizerConfig:
     clamp_c: float = 0.1                 # NAMO-D: per-column scales clamped to [c, 1/c] x mean; 0: no clamp
     decay_style: str = "adaptive"        # NAMO: adaptive | decoupled
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
-    ns: str = "newton_schulz"            # orthogonalization: newton_schulz | svd | polar_express
+    ns: str = "newton_schulz"            # orthogonalization: newton_schulz (quintic) | cubic | svd
+                                         # | polar_express
                                          # | gram (optim/polar.py)
     ns_steps: int = 5
     ns_eps: float = 1e-7                 # Newton-Schulz starts from X / (||X||_F + ns_eps)

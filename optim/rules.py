@@ -112,7 +112,7 @@ def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:
     return spectral.polar_svd(X) if r is None else spectral.top_rank_polar(X, r)
 
 
-ITERATIVE_POLAR = ("newton_schulz", "polar_express", "gram")   # ns values that iterate matmuls
+ITERATIVE_POLAR = ("newton_schulz", "cubic", "polar_express", "gram")   # ns values that iterate matmuls
 
 
 def spectral_power_transform(group, X: Tensor, work=None) -> Tensor:
@@ -120,7 +120,7 @@ def spectral_power_transform(group, X: Tensor, work=None) -> Tensor:
     p = group["power"]
     if p == 1:
         return X
-    if p == 0 and group["ns"] in ("polar_express", "gram"):   # optim/polar.py's iterations
+    if p == 0 and group["ns"] in ("cubic", "polar_express", "gram"):   # not the quintic
         return orthogonalize_transform(group, X, work)
     return spectral.spectral_power(X, p, steps=group["coupled_steps"], ns_steps=group["ns_steps"],
                                    ns_eps=group["ns_eps"],
@@ -251,7 +251,8 @@ def input_dtype(group, X: Tensor) -> torch.dtype:
 def ns_result_dtype(group, X: Tensor) -> torch.dtype:
     """Newton-Schulz computes (and ends) in ns_dtype, so its result is exact in that dtype:
     what the distributed engine gathers (half the bytes of float32 for bf16)."""
-    return resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] == "newton_schulz" else X.dtype
+    return (resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] in spectral.COEFFS
+            else X.dtype)
 
 
 def newton_schulz_dtype(chain: "Chain", group: dict, device) -> torch.dtype | None:

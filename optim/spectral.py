@@ -22,6 +22,11 @@ from optim import polar
 from optim.config import POWERS          # the spectral family's p: 1, 1/2, 1/4, 0
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
+# The classic cubic (Newton-Schulz proper, s -> 1.5 s - 0.5 s³ written with Muon's B X form):
+# converges to exactly 1, slowly; Track 3's baseline (modded-nanogpt train_gpt_simple.py) runs
+# 12 steps of it. optimizer.ns=cubic.
+CUBIC_COEFFS = (2.0, -1.5, 0.5)
+COEFFS = {"newton_schulz": NS_COEFFS, "cubic": CUBIC_COEFFS}
 
 
 class Workspace:
@@ -41,7 +46,8 @@ class Workspace:
 
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None) -> Tensor:
+                  dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None,
+                  coeffs: tuple = NS_COEFFS) -> Tensor:
     """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
 
     X0 = G / (||G||_F + eps), then X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular
@@ -50,11 +56,12 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
     The Gram is always the small one: for a tall X, A = XᵀX and X <- a X + X (b A + c A²).
     Computed in `dtype`. Without `work` the result is a new tensor in G's dtype; with `work`
     every buffer comes from it (nothing allocated per call) and the result, in `dtype`, is one
-    of them: valid until the next call on the same workspace.
+    of them: valid until the next call on the same workspace. `coeffs`: (a, b, c), the quintic
+    by default (CUBIC_COEFFS: the cubic).
     """
     if work is not None:
-        return _newton_schulz_in(work, G, steps, eps, dtype)
-    a, b, c = NS_COEFFS
+        return _newton_schulz_in(work, G, steps, eps, dtype, coeffs)
+    a, b, c = coeffs
     tall = G.size(-2) > G.size(-1)
     X = G.to(dtype)
     if tall:
@@ -73,10 +80,10 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
 
 
 def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
-                      dtype: torch.dtype) -> Tensor:
+                      dtype: torch.dtype, coeffs: tuple = NS_COEFFS) -> Tensor:
     """newton_schulz in `work`'s buffers, ping-ponging X between two of them. A tall stack is
     not transposed (that would copy it, twice): its Gram is XᵀX, which bmm reads in place."""
-    a, b, c = NS_COEFFS
+    a, b, c = coeffs
     shape, (m, n), device = G.shape, G.shape[-2:], G.device
     G = G.reshape(-1, m, n)
     r = min(m, n)
@@ -220,11 +227,11 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
                   work: Workspace | None = None) -> Tensor:
     """Polar factor of G: approximately by Newton-Schulz (in `work`: see newton_schulz), or
     exactly (method='svd')."""
-    if method == "newton_schulz":
-        return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work)
+    if method in COEFFS:             # the quintic, or the cubic (ns=cubic)
+        return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work, coeffs=COEFFS[method])
     if method == "svd":
         return polar_svd(G)
     if method in polar.METHODS:      # optim/polar.py: Polar Express, Gram Newton-Schulz
         return polar.orthogonalize(G, method, steps, dtype=dtype, eps=eps)
     raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "
-                    "polar_express, gram, newton_schulz or svd")
+                    "polar_express, gram, cubic, newton_schulz or svd")

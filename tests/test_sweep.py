@@ -421,10 +421,15 @@ def test_export_wandb(tmp_path):
     d = tmp_path / "wb"
     assert sweep.main(["export-wandb", "sweep=namo_gpt2_medium", f"sweep.dir={d}"]) == 0
     files = sorted(p.name for p in d.glob("*.yaml"))
-    assert files == ["wandb_namo_gpt2_medium_adamw_muon.yaml", "wandb_namo_gpt2_medium_namo_namo_d.yaml"]
+    # NAMO-D runs at each clamp c of the published grid: one W&B sweep per variant
+    assert files == ["wandb_namo_gpt2_medium_adamw_muon.yaml", "wandb_namo_gpt2_medium_namo.yaml"] + [
+        f"wandb_namo_gpt2_medium_namo_d_v{i}.yaml" for i in range(4)]
+    clamps = [yaml.safe_load((d / f).read_text())["parameters"]["optimizer.clamp_c"]["value"]
+              for f in files[2:]]
+    assert clamps == [0.12, 0.40, 0.75, 0.90]
     doc = yaml.safe_load((d / files[1]).read_text())
     assert doc["method"] == "grid" and doc["program"] == "train.py"
-    assert doc["parameters"]["optimizer"]["values"] == ["namo", "namo_d"]
+    assert doc["parameters"]["optimizer"]["values"] == ["namo"]
     assert doc["parameters"]["optimizer.lr"]["values"] == [5e-3, 7e-3, 9e-3, 1.2e-2, 1.5e-2]
     assert doc["parameters"]["seed"]["values"] == [0]
     cmd = doc["command"]
