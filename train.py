@@ -100,7 +100,7 @@ def must_look(next_step: int, t) -> bool:
     """Whether the loop reads the loss (a host sync) before the optimizer step of `next_step`:
     at log points, and before an evaluation, a checkpoint or the end (never of a diverged run)."""
     return (next_step % t.log_interval == 0 or next_step == t.max_iters
-            or next_step % t.eval_interval == 0
+            or t.eval_due(next_step)
             or bool(t.ckpt_interval and next_step % t.ckpt_interval == 0))
 
 
@@ -234,7 +234,7 @@ class Run:
         self.model.train()
         solved = False
         while p.step < t.max_iters:
-            if p.step % t.eval_interval == 0 and p.last_eval != p.step:
+            if t.eval_due(p.step) and p.last_eval != p.step:
                 timer.pause()
                 self.evaluate()
                 timer.resume()
@@ -245,7 +245,7 @@ class Run:
             set_lr(self.optimizer, p.step, t)
             train_loss = forward_backward(self.model, self.task, self.scaler, step=p.step,
                                           accum=self.accum, batch_size=t.batch_size, env=self.env,
-                                          autocast=self.autocast)
+                                          autocast=self.autocast, reduction=t.loss_reduction)
             watch.update(train_loss, p.step)
             if must_look(p.step + 1, t):   # the one host sync of a log interval
                 diverged_at, loss_value, *stop_flag = watch.read(train_loss, *stop.shared())

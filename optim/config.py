@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from configs.errors import UserError
 
 # Fields that route parameters or configure a builder, never read by a chain link.
-ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "decay_embeddings",
+ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "decay_embeddings", "roles",
            "distributed", "split_qkv",
            "qkv_patterns", "matrix_patterns", "vector_patterns", "target", "kwargs", "split",
            "foreach", "fused")
@@ -28,6 +28,34 @@ CHOICES = {"decay_style": ("adaptive", "decoupled"),
            "scale": (None, "moonlight", "original", "none"),
            "ns_dtype": ("auto", *NS_DTYPES),
            "route": ("patterns", "all_2d")}
+
+
+@dataclass
+class RoleConfig:
+    """Overrides for the parameters of one role (optim/params.py ROLES); None: the optimizer's
+    own value (lr: vector_lr or lr; weight_decay: vector_weight_decay in the AdamW backup,
+    weight_decay or 0 in a torch class's grouping; betas, eps: the optimizer's)."""
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    betas: Optional[List[float]] = None
+    eps: Optional[float] = None
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+@dataclass
+class RolesConfig:
+    """optimizer.roles.<role>.<key>: per-role hyperparameters of the parameters that are not
+    hidden matrices (the token / position embeddings, the head, the gains and biases). The
+    hidden matrices take the optimizer's own lr, weight_decay, betas. Unset (the default), the
+    param groups are exactly those of before roles existed."""
+    embed: RoleConfig = field(default_factory=RoleConfig)
+    head: RoleConfig = field(default_factory=RoleConfig)
+    scalar: RoleConfig = field(default_factory=RoleConfig)
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name).any() for f in fields(self))
 
 
 @dataclass
@@ -43,6 +71,7 @@ class OptimizerConfig:
     # weight_decay; the AdamW backup: at vector_weight_decay). true: nanoGPT's grouping (every
     # tensor of dim >= 2); false: the NAMO repo's (only the hidden matrices). optim/params.py ROLES.
     decay_embeddings: bool = True
+    roles: RolesConfig = field(default_factory=RolesConfig)   # optimizer.roles.embed.lr=0.7, ...
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     momentum: float = 0.95
@@ -101,6 +130,19 @@ class OptimizerConfig:
             raise UserError(f"optimizer.decay_embeddings=false with optimizer.route=all_2d and "
                             f"weight_decay={self.weight_decay}: the matrix chain decays every "
                             f"matrix alike; set weight_decay=0 or route=patterns")
+        for role in ("embed", "head", "scalar"):
+            r = getattr(self.roles, role)
+            for key in ("lr", "weight_decay", "eps"):
+                value = getattr(r, key)
+                if value is not None and (value < 0 or (key != "weight_decay" and value == 0)):
+                    raise UserError(f"optimizer.roles.{role}.{key}={value} must be "
+                                    f"{'>= 0' if key == 'weight_decay' else 'positive'} (or null)")
+            if r.betas is not None and (len(r.betas) != 2 or not all(0 <= b < 1 for b in r.betas)):
+                raise UserError(f"optimizer.roles.{role}.betas={list(r.betas)} must be two numbers "
+                                f"in [0, 1) (or null)")
+            if self.route == "all_2d" and role != "scalar" and r.any():
+                raise UserError(f"optimizer.roles.{role} with optimizer.route=all_2d: the "
+                                f"{role} is a matrix of the chain there; set route=patterns")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {', '.join(str(a) for a in allowed)}")

@@ -41,7 +41,7 @@ def split_params(model: torch.nn.Module, cfg):
     matrix, vector = [], []
     for name, p in named:
         names = aliases[id(p)]
-        is_matrix = (p.ndim == 2 and len(names) == 1
+        is_matrix = (p.ndim == 2 and len(names) == 1 and param_role(names, p) == "hidden"
                      and all(_matches(n, cfg.matrix_patterns) for n in names)
                      and not any(_matches(n, cfg.vector_patterns) for n in names))
         (matrix if is_matrix else vector).append((name, p))
@@ -96,6 +96,37 @@ def decay_groups(named, weight_decay: float, decay_embeddings: bool = True,
     no_decay = [p for n, p in named if not decays(n, p)]
     return [g for g in ({"params": decay, "weight_decay": weight_decay},
                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+
+def role_groups(named, aliases: dict | None, roles, *, lr: float, decay, kind: str) -> list[dict]:
+    """Param groups by role (hidden, embed, head, scalar; the empty ones left out): each with
+    its role's overrides (optimizer.roles.<role>) over `lr` and `decay(role)` (its weight
+    decay), and base_lr / kind / role for the training loop and the logs."""
+    by_role: dict[str, list] = {}
+    for name, p in named:
+        by_role.setdefault(param_role((aliases or {}).get(id(p), [name]), p), []).append(p)
+    groups = []
+    for role in ROLES[3:] + ROLES[:3]:        # hidden first, as decay_groups puts the decayed
+        if role not in by_role:
+            continue
+        over = getattr(roles, role, None)
+        g_lr = lr if over is None or over.lr is None else over.lr
+        wd = decay(role) if over is None or over.weight_decay is None else over.weight_decay
+        group = {"params": by_role[role], "lr": g_lr, "base_lr": g_lr, "kind": kind,
+                 "weight_decay": wd, "role": role}
+        if over is not None and over.betas is not None:
+            group["betas"] = tuple(over.betas)
+        if over is not None and over.eps is not None:
+            group["eps"] = over.eps
+        groups.append(group)
+    return groups
+
+
+def describe_roles(groups: list[dict]) -> str:
+    """'embed: 1 tensor, lr 0.7, wd 0.001; ...' of role_groups' groups, for the start-up log."""
+    return "; ".join(f"{g['role']}: {len(g['params'])} tensor(s), lr {g['lr']:g}, wd "
+                     f"{g['weight_decay']:g}" + (f", betas {list(g['betas'])}" if "betas" in g else "")
+                     + (f", eps {g['eps']:g}" if "eps" in g else "") for g in groups if "role" in g)
 
 
 def summarize(named) -> str:

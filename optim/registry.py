@@ -41,8 +41,8 @@ from configs.errors import UserError
 from optim.combined import CombinedOptimizer
 from optim.config import OptimizerConfig
 from optim.matrix import MatrixOptimizer
-from optim.params import (decay_groups, log_split, named_params, param_role, shape_groups,
-                          split_params, summarize)
+from optim.params import (decay_groups, describe_roles, log_split, named_params, param_role,
+                          role_groups, shape_groups, split_params, summarize)
 from optim import capability
 from optim.muon_variants import adamuon_post, normuon_post, sign_momentum
 from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
@@ -118,7 +118,11 @@ def _with_lr(groups: list[dict], lr: float, kind: str) -> list[dict]:
 def adamw_backup(vector, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW for the vector params (embeddings, tied head, LayerNorm, biases)."""
     lr = cfg.lr if cfg.vector_lr is None else cfg.vector_lr
-    if cfg.decay_embeddings or not cfg.vector_weight_decay:
+    if cfg.roles.any():   # optimizer.roles: one group per role, each with its overrides
+        groups = role_groups(vector, None, cfg.roles, lr=lr, kind="vector", decay=lambda role: (
+            0.0 if role in ("embed", "head") and not cfg.decay_embeddings
+            else cfg.vector_weight_decay))
+    elif cfg.decay_embeddings or not cfg.vector_weight_decay:
         groups = [{"params": [p for _, p in vector]}]
     else:   # two groups only where they differ: the backup's state keeps its old layout
         embeds = [p for n, p in vector if param_role([n], p) in ("embed", "head")]
@@ -143,17 +147,29 @@ def with_backup(matrix_opt: torch.optim.Optimizer | None, vector, cfg) -> Combin
 
 # ---- torch.optim classes on all parameters -------------------------------------------------
 
+def all_param_groups(named, aliases, cfg: OptimizerConfig) -> list[dict]:
+    """A torch class's groups over every parameter: nanoGPT's decay grouping, or with
+    optimizer.roles one group per role (the same decay where a role sets none)."""
+    if not cfg.roles.any():
+        return _with_lr(decay_groups(named, cfg.weight_decay, cfg.decay_embeddings, aliases),
+                        cfg.lr, "all")
+    return role_groups(named, aliases, cfg.roles, lr=cfg.lr, kind="all", decay=lambda role: (
+        cfg.weight_decay if role == "hidden" or (role != "scalar" and cfg.decay_embeddings)
+        else 0.0))
+
+
 def _torch_builder(cls, hyper: Callable[[OptimizerConfig], dict]) -> Builder:
     def build(model, cfg, log, zero):
         named, aliases = named_params(model)
-        groups = _with_lr(decay_groups(named, cfg.weight_decay, cfg.decay_embeddings, aliases),
-                          cfg.lr, "all")
+        groups = all_param_groups(named, aliases, cfg)
         decayed = sum(p.ndim >= 2 and (cfg.decay_embeddings or
                                        param_role(aliases[id(p)], p) == "hidden") for _, p in named)
         which = "dim >= 2" if cfg.decay_embeddings else "dim >= 2 except embeddings and head"
         log(f"optimizer: {cls.__name__}{' (ZeRO-1)' if zero else ''} on all {len(named)} tensors "
             f"({sum(p.numel() for _, p in named):,} params), weight decay {cfg.weight_decay} "
             f"on the {decayed} with {which}: {summarize(named)}")
+        if cfg.roles.any():
+            log(f"optimizer: groups by role (optimizer.roles): {describe_roles(groups)}")
         return _construct(cls, groups, cfg, zero, lr=cfg.lr, **hyper(cfg))
     return build
 
@@ -194,6 +210,9 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
         log_split(log, matrix, vector,
                   f"{cfg.name}, stacked by shape as {stacks or 'nothing'}{shared}")
         combined = with_backup(opt, vector, cfg)
+        if cfg.roles.any() and "vector" in combined.parts:
+            log(f"optimizer: AdamW backup by role (optimizer.roles): "
+                f"{describe_roles(combined.parts['vector'].param_groups)}")
         if opt is not None and (dtype := newton_schulz_dtype(chain, opt.param_groups[0],
                                                              matrix[0][1].device)) is not None:
             combined.ns_dtype = str(dtype).removeprefix("torch.")
@@ -217,6 +236,9 @@ registry["adamuon"] = _chain_builder(Chain(sign_momentum, orthogonalize_transfor
 # Dion: rank-r power iteration with error feedback in the post link (optim/dion.py)
 registry["dion"] = _chain_builder(Chain(dion_momentum, identity_transform, dion_step,
                                         identity=always, post=dion_post), "none")
+# Track 3's result #36 (modded-nanogpt records/track_3_optimization): Muon with its settings in
+# configs/optimizer/track3_baseline.yaml (cubic Newton-Schulz, per-role AdamW backup)
+registry["track3_baseline"] = registry["muon"]
 registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_transform, fixed_step),
                                       "moonlight")
 SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power
@@ -260,8 +282,7 @@ def _library_builder(target: str | None, split: bool | None, hyper: Callable) ->
             log_split(log, matrix, vector, name)
             return with_backup(opt, vector, cfg)
         named, aliases = named_params(model)
-        groups = _with_lr(decay_groups(named, cfg.weight_decay, cfg.decay_embeddings, aliases),
-                          cfg.lr, "all")
+        groups = all_param_groups(named, aliases, cfg)
         log(f"optimizer: {name} on all {len(named)} tensors, weight decay on dim >= 2: "
             f"{summarize(named)}")
         return _construct(cls, groups, cfg, zero, lr=cfg.lr, **hyper(cfg))

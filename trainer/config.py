@@ -18,6 +18,10 @@ class TrainConfig:
     block_size: int = 64                 # context length (the model's block_size follows it)
     grad_accum_steps: int = 1            # micro-steps per step, summed over all processes
     eval_interval: int = 250
+    # Evaluate every eval_tail_interval steps once step / max_iters >= 1 - eval_tail_frac (Track 3:
+    # every 125, every 25 in the last 10%); null: eval_interval throughout.
+    eval_tail_interval: Optional[int] = None
+    eval_tail_frac: float = 0.1
     eval_iters: int = 20                 # batches per split per evaluation
     # Periodic evaluations draw their windows from eval_seed, the same for every run, so runs
     # that differ in `seed` are scored on the same text; null: from the run's seed (the rule
@@ -29,11 +33,11 @@ class TrainConfig:
     final_eval_tokens: int = 1_000_000
     log_interval: int = 10
     grad_clip: float = 1.0               # 0 disables
-    schedule: str = "cosine"             # cosine | wsd | constant
+    schedule: str = "cosine"             # cosine | wsd | constant | cooldown (Track 3's)
     warmup_iters: int = 100
     warmup_from_zero: bool = False       # warmup s / warmup_iters (NAMO repo) instead of nanoGPT's
                                          # (s + 1) / (warmup_iters + 1)
-    decay_frac: float = 0.2              # wsd: share of max_iters spent decaying
+    decay_frac: float = 0.2              # wsd, cooldown: share of max_iters spent decaying
     min_lr_ratio: float = 0.1            # final lr / peak lr
     # An absolute final lr for every param group instead (BeyondMuon's min_lr_matrix and
     # min_lr_vector: lr = min_lr + c (peak - min_lr)); null: min_lr_ratio x each group's peak.
@@ -42,6 +46,9 @@ class TrainConfig:
     ckpt_interval: int = 250             # 0: only at the end
     zero: bool = False                   # ZeRO-1 optimizer-state sharding (torchrun)
     eval_at_end: bool = True
+    # The loss the gradient is taken of: mean (over the step's tokens) or sum (Track 3's: the
+    # gradient N times the mean's for N tokens a step). Logged losses are means either way.
+    loss_reduction: str = "mean"
 
     def __post_init__(self):
         for name in ("max_iters", "batch_size", "block_size", "grad_accum_steps", "eval_interval",
@@ -53,8 +60,23 @@ class TrainConfig:
                             "(0 turns the final full-val evaluation off)")
         if self.min_lr is not None and self.min_lr < 0:
             raise UserError(f"train.min_lr={self.min_lr} must be >= 0 (or null: train.min_lr_ratio)")
+        if self.eval_tail_interval is not None and self.eval_tail_interval < 1:
+            raise UserError(f"train.eval_tail_interval={self.eval_tail_interval} must be at least "
+                            "1 (or null: train.eval_interval throughout)")
+        if not 0 <= self.eval_tail_frac <= 1 or not 0 < self.decay_frac <= 1:
+            raise UserError(f"train.eval_tail_frac={self.eval_tail_frac} and train.decay_frac="
+                            f"{self.decay_frac} must be in [0, 1] and (0, 1]")
+        if self.loss_reduction not in ("mean", "sum"):
+            raise UserError(f"train.loss_reduction={self.loss_reduction!r} is not mean or sum")
         if self.schedule not in SCHEDULES:
             raise UserError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+    def eval_due(self, step: int) -> bool:
+        """Whether step `step` (before its update) is evaluated: every eval_interval steps, every
+        eval_tail_interval in the last eval_tail_frac of the run (the end is evaluated apart)."""
+        tail = (self.eval_tail_interval is not None
+                and step / self.max_iters >= 1 - self.eval_tail_frac)
+        return step % (self.eval_tail_interval if tail else self.eval_interval) == 0
 
     def micro_steps_per_rank(self, world_size: int, where: str = "processes") -> int:
         """grad_accum_steps shared by `world_size` processes (as nanoGPT); it must divide.

@@ -77,10 +77,12 @@ def set_lr(optimizer, step: int, t) -> None:
 
 
 def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: int,
-                     env: DistEnv, autocast) -> torch.Tensor:
+                     env: DistEnv, autocast, reduction: str = "mean") -> torch.Tensor:
     """Gradients of one step's `accum` micro-batches on this rank; returns the step's train
     loss averaged over micro-batches and ranks, as a float64 scalar on the device (every rank
-    gets the same number). Nothing here waits for the device: read the loss when it is needed."""
+    gets the same number). Nothing here waits for the device: read the loss when it is needed.
+    reduction=sum (train.loss_reduction): the gradient of the summed token losses of the whole
+    step, over all ranks (DDP averages over ranks, hence the world size), as Track 3 takes it."""
     loss_sum = None
     for micro in range(accum):
         # Windows are indexed by the global micro-batch, so N processes with accum/N
@@ -91,7 +93,10 @@ def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: 
             model.require_backward_grad_sync = micro == accum - 1
         with autocast():
             _, loss = model(x, y)
-        scaler.scale(loss / accum).backward()
+        if reduction == "mean":
+            scaler.scale(loss / accum).backward()
+        else:
+            scaler.scale(loss * ((y != -1).sum() * env.world_size)).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     train_loss = loss_sum.double() / accum
     if env.enabled:

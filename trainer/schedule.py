@@ -1,5 +1,5 @@
 """Learning-rate schedules as a factor of the peak lr: linear warmup, then cosine,
-warmup-stable-decay (WSD) or constant."""
+warmup-stable-decay (WSD), constant, or Track 3's cooldown."""
 from __future__ import annotations
 
 import math
@@ -22,7 +22,14 @@ def lr_factor(step: int, *, max_iters: int, warmup_iters: int, schedule: str,
             return 1.0
         progress = min(1.0, (step - decay_start) / max(1, max_iters - decay_start))
         return 1.0 - (1.0 - min_lr_ratio) * progress
+    if schedule == "cooldown":
+        # Track 3's (modded-nanogpt train_gpt_simple.py set_hparams): constant while s / T <
+        # 1 - decay_frac, then (1 - s / T) / decay_frac, linear to 0 at T (here to min_lr_ratio)
+        progress = step / max_iters
+        if progress < 1 - decay_frac:
+            return 1.0
+        return min_lr_ratio + (1.0 - min_lr_ratio) * (1 - progress) / decay_frac
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "constant", "cooldown")
