@@ -83,7 +83,8 @@ def test_summed_loss_is_the_token_count_times_the_mean():
                for _ in range(2)]
     mean, total = grads("mean", batches, 2), grads("sum", batches, 2)
     for name in mean:
-        assert torch.allclose(total[name], mean[name] * 48, rtol=1e-5, atol=1e-9), name  # fp32 CE
+        want = mean[name] * 48
+        assert (total[name] - want).norm() <= 1e-6 * want.norm(), name
 
 
 def test_track3_baseline_groups_are_result_36s():
