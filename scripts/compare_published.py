@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -279,35 +280,46 @@ class ReplayTask:
         return {}
 
 
-def run_ours(overrides: list[str], init: dict, train_batches, val, vocab: int, out: Path) -> dict:
+def run_ours(overrides: list[str], init: dict, train_batches, val, vocab: int, out: Path, *,
+             steps: int = STEPS, accum: int = ACCUM, block: int = BLOCK) -> dict:
     """train.py in this process, its task and initial weights swapped for the shared ones;
-    returns {"losses": the train loss of each step, "state": the final weights}."""
+    returns {"losses": the train loss of each step, "state": the final weights}. The model is
+    whichever model.build_model makes (model.gpt.GPT or model.track3.Track3GPT): the swap wraps
+    both classes."""
+    import importlib
+
     import data.task
-    import model.gpt
     import train
 
-    base = model.gpt.GPT
+    def shared_init(base):
+        class SharedInit(base):
+            def __init__(self, cfg):
+                super().__init__(cfg)
+                self.load_state_dict(init)
+        return SharedInit
 
-    class SharedInit(base):
-        def __init__(self, cfg):
-            super().__init__(cfg)
-            self.load_state_dict(init)
-
-    task = ReplayTask(train_batches, val, vocab, BLOCK, ACCUM)
-    saved = data.task.build_task, model.gpt.GPT
-    data.task.build_task, model.gpt.GPT = (lambda cfg: task), SharedInit
+    modules = [(m, c) for m, c in (("model.gpt", "GPT"), ("model.track3", "Track3GPT"))
+               if importlib.util.find_spec(m) is not None]
+    saved = [(importlib.import_module(m), c, getattr(importlib.import_module(m), c)) for m, c in modules]
+    task = ReplayTask(train_batches, val, vocab, block, accum)
+    saved_task = data.task.build_task
+    data.task.build_task = lambda cfg: task
+    for module, name, cls in saved:
+        setattr(module, name, shared_init(cls))
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             code = train.main([*overrides, f"out_dir={out}", "overwrite=true"])
     finally:
-        data.task.build_task, model.gpt.GPT = saved
+        data.task.build_task = saved_task
+        for module, name, cls in saved:
+            setattr(module, name, cls)
     if code:
         raise RuntimeError(f"our run failed ({code}):\n{log.getvalue()[-3000:]}")
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     by_step = {r["step"]: r["train/loss"] for r in recs if "lr" in r}
     state = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
-    return {"losses": [by_step[s + 1] for s in range(STEPS)], "state": state}
+    return {"losses": [by_step[s + 1] for s in range(steps)], "state": state}
 
 
 def shared_inputs(text: Path, work: Path):
