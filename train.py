@@ -110,7 +110,7 @@ def run(cfg_node) -> dict:
 
     from data.task import build_task
     from model.config import GPTConfig
-    from model.gpt import GPT
+    from model import build_model
     from optim import build_optimizer
 
     cfg = to_object(cfg_node)
@@ -131,8 +131,8 @@ def run(cfg_node) -> dict:
     # Everything that can reject the input happens before anything is written.
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
-    model = GPT(GPTConfig(**{**vars(cfg.model), "block_size": task.block_size,
-                             "vocab_size": task.vocab_size})).to(device)
+    model = build_model(GPTConfig(**{**vars(cfg.model), "block_size": task.block_size,
+                                     "vocab_size": task.vocab_size})).to(device)
     optimizer = build_optimizer(model, cfg.optimizer, log=log, zero=t.zero)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
