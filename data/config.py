@@ -24,6 +24,12 @@ class DataConfig:
     num_proc: int = 2                        # tokenizer threads (and hub download processes)
     chunk_docs: int = 1024                   # documents tokenized per batch while streaming
     auto_prepare: bool = False               # train.py prepares it on first use if missing
+    # pre-tokenized shards (data/shards.py), downloaded instead of tokenized: fineweb10B
+    shard_repo: Optional[str] = None         # hub dataset repo of the shards (kjj0/fineweb10B-gpt2)
+    shards: int = 0                          # train shards 1..N to download and train on (100M tokens each)
+    # how train batches are drawn (data/lm.py): random windows, or Track 3's contiguous stream
+    sampling: str = "random"                 # random | sequential
+    val_tokens: Optional[int] = None         # sequential: val/loss over the first this many val tokens (None: all)
 
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:
@@ -31,6 +37,17 @@ class DataConfig:
         if self.num_proc < 1 or self.chunk_docs < 1:
             raise UserError(f"data.num_proc={self.num_proc} and data.chunk_docs={self.chunk_docs} "
                             "must both be at least 1")
+        if self.sampling not in SAMPLINGS:
+            raise UserError(f"data.sampling={self.sampling} is unknown; use {' or '.join(SAMPLINGS)}")
+        if self.val_tokens is not None and self.val_tokens < 1:
+            raise UserError(f"data.val_tokens={self.val_tokens} must be at least 1 (or null: the "
+                            "whole val split)")
+        if self.shard_repo and self.shards < 1:
+            raise UserError(f"data.shards={self.shards} must be at least 1: the train shards "
+                            f"1..N of {self.shard_repo} to download and train on")
+
+
+SAMPLINGS = ("random", "sequential")
 
 
 TASKS = ("lm", "grokking")

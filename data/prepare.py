@@ -4,6 +4,7 @@
     python -m data.prepare data=shakespeare data.source=../shared/data/tinyshakespeare.txt
     python -m data.prepare data=local data.files=[a.jsonl,b.parquet]
     python -m data.prepare data=openwebtext data.num_proc=16
+    python -m data.prepare data=fineweb10B data.shards=18   (downloads tokens: data/shards.py)
 
 Sources: a local file (data.source, or data.files for `local`), else a download (data.url,
 a small raw text) or the hub (data.hf_path). Files ending in .jsonl/.json/.parquet are tables
@@ -62,7 +63,8 @@ def dataset_dir(cfg) -> Path:
 
 def prepare_command(cfg) -> str:
     root = "" if cfg.root == "data_cache" else f" data.root={cfg.root}"
-    return f"python -m data.prepare data={cfg.name}{root}"
+    shards = f" data.shards={cfg.shards}" if cfg.shard_repo else ""
+    return f"python -m data.prepare data={cfg.name}{root}{shards}"
 
 
 def open_prepared(cfg) -> dict | None:
@@ -72,6 +74,9 @@ def open_prepared(cfg) -> dict | None:
     root = Path(cfg.root).expanduser()
     if root.exists() and not root.is_dir():
         raise UserError(f"data.root={cfg.root} is a file, not a directory; pass another data.root=")
+    if cfg.shard_repo:   # pre-tokenized shards: no meta.json, each shard's header says it all
+        from data.shards import open_shards
+        return open_shards(cfg, folder, prepare_command(cfg))
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except FileNotFoundError:
@@ -402,6 +407,9 @@ def prepare(cfg, *, only_if_missing: bool = False) -> dict:
     with locked(folder):
         if only_if_missing and (meta := open_prepared(cfg)) is not None:
             return meta  # another process prepared it while we waited for the lock
+        if cfg.shard_repo:
+            from data.shards import download_shards
+            return download_shards(cfg, folder, prepare_command(cfg))
         return _prepare(cfg, folder)
 
 

@@ -36,10 +36,12 @@ class Task(Protocol):
 
 
 def build_task(cfg) -> Task:
-    """The task of a composed run config (uses cfg.task, cfg.data, cfg.train.block_size, cfg.seed)."""
+    """The task of a composed run config (uses cfg.task, cfg.data, cfg.seed and cfg.train's
+    block_size, eval_seed, and grad_accum_steps, batch_size, max_iters for sequential data)."""
     if cfg.task.name == "grokking":
         from data.grokking import GrokkingTask
         return GrokkingTask(cfg.task, seed=cfg.seed)
     from data.lm import LMTask    # TaskConfig admits lm and grokking only
     return LMTask(cfg.data, block_size=cfg.train.block_size, seed=cfg.seed,
-                  eval_seed=cfg.train.eval_seed)
+                  eval_seed=cfg.train.eval_seed, grad_accum_steps=cfg.train.grad_accum_steps,
+                  batch_size=cfg.train.batch_size, max_iters=cfg.train.max_iters)
