@@ -129,8 +129,9 @@ def adamw_backup(vector, cfg: OptimizerConfig) -> torch.optim.Optimizer:
         rest = [p for n, p in vector if param_role([n], p) not in ("embed", "head")]
         groups = [g for g in ({"params": rest}, {"params": embeds, "weight_decay": 0.0})
                   if g["params"]]
-    for g in groups:
-        g.update(base_lr=lr, kind="vector")
+    for g in groups:   # role groups carry their own lr; the others take the backup's
+        g.setdefault("base_lr", g.get("lr", lr))
+        g["kind"] = "vector"
     kwargs = dict(lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.vector_weight_decay,
                   **speed_flags(torch.optim.AdamW, cfg, _device_type(groups)))
     return torch.optim.AdamW(groups, **kwargs)

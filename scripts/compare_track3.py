@@ -182,7 +182,7 @@ def run_theirs(code: dict, case: str, batches, seed: int) -> dict:
 def ours_names(state: dict) -> dict:
     """Their parameter names as ours: the head `proj` is our `lm_head`."""
     return {("lm_head." + k[5:] if k.startswith("proj.") else k): v.detach().clone()
-            for k, v in state.items() if not k.endswith("angular_freq")}
+            for k, v in state.items()}
 
 
 def their_names(state: dict) -> dict:
@@ -212,7 +212,11 @@ def main() -> None:
     ours = our_model()
     init_theirs = ours_names(theirs.state_dict())
     init_diff = cp.max_diff({k: v for k, v in ours.state_dict().items()}, init_theirs)
-    ours.load_state_dict(init_theirs)
+    # the head starts at zero (their init): logits are compared with a random head on both sides
+    with torch.no_grad():
+        theirs.proj.weight.copy_(torch.randn(theirs.proj.weight.shape,
+                                             generator=torch.Generator().manual_seed(1)) * 0.05)
+    ours.load_state_dict(ours_names(theirs.state_dict()))
     x, y = batches[0]
     with torch.no_grad():
         loss_sum = theirs(x, y).item()

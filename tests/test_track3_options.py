@@ -94,6 +94,7 @@ def test_track3_baseline_groups_are_result_36s():
     matrix = [g for g in opt.param_groups if g["kind"] == "matrix"]
     assert {(g["lr"], g["weight_decay"], g["momentum"], g["ns"], g["ns_steps"], g["scale"])
             for g in matrix} == {(0.025, 0.05, 0.95, "cubic", 12, "original")}
+    set_lr(opt, 0, TrainConfig(max_iters=10, warmup_iters=0, schedule="constant"))  # the loop's
     backup = {g["role"]: g for g in opt.param_groups if g["kind"] == "vector"}
     assert {r: g["lr"] for r, g in backup.items()} == {"embed": 0.7, "scalar": 0.015}  # tied: no head
     assert all(g["weight_decay"] == 0.001 and tuple(g["betas"]) == (0.8, 0.95) and g["eps"] == 1e-10
@@ -108,7 +109,9 @@ def test_roles_unset_keep_the_old_groups_and_set_ones_override():
     cfg = to_object(load_config(["optimizer=adamw", "optimizer.roles.scalar.lr=0.5",
                                  "optimizer.roles.embed.weight_decay=0",
                                  "optimizer.roles.embed.betas=[0.5,0.6]"])).optimizer
-    groups = {g["role"]: g for g in build_optimizer(model, cfg, **quiet).param_groups}
+    opt = build_optimizer(model, cfg, **quiet)
+    set_lr(opt, 0, TrainConfig(max_iters=10, warmup_iters=0, schedule="constant"))
+    groups = {g["role"]: g for g in opt.param_groups}
     assert groups["scalar"]["lr"] == 0.5 and groups["hidden"]["lr"] == cfg.lr
     assert groups["embed"]["weight_decay"] == 0 and groups["hidden"]["weight_decay"] == 0.1
     assert groups["embed"]["betas"] == (0.5, 0.6) and groups["scalar"]["weight_decay"] == 0.0
