@@ -83,3 +83,12 @@ def test_track3_mini_trains_with_track3_baseline(tmp_path, small_text):
     evals = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r["val/loss"] for r in evals if "val/loss" in r]
     assert val[-1] < val[0] - 0.5, val
+
+
+def test_sweep_preset_runs_experiment_track3_on_8_processes():
+    from sweeper.points import plan
+    p = plan(["sweep=track3"], [])
+    assert p.cfg.nproc_per_run == 8 and len(p.points) == 10
+    assert all("experiment=track3" in pt.overrides and "optimizer=track3_baseline" in pt.overrides
+               for pt in p.points)
+    assert {pt.lr for pt in p.points} == {0.025}
