@@ -101,7 +101,8 @@ class OptimizerConfig:
     # embedding included (the spectral paper's published GPT-2 setup); 1-D ones to the backup.
     route: str = "patterns"
     matrix_patterns: List[str] = field(default_factory=lambda: ["*"])   # glob on param names
-    vector_patterns: List[str] = field(default_factory=lambda: ["*wte*", "*wpe*", "*lm_head*"])
+    vector_patterns: List[str] = field(default_factory=lambda: ["*wte*", "*wpe*", "*lm_head*",
+                                                                "*embed*"])   # model/track3.py's
     target: Optional[str] = None         # external: import path of an optimizer class
     kwargs: Dict[str, Any] = field(default_factory=dict)   # extra keyword args of a library class
     split: bool = False                  # external: matrix/vector split with AdamW backup

@@ -41,7 +41,7 @@ def split_params(model: torch.nn.Module, cfg):
     matrix, vector = [], []
     for name, p in named:
         names = aliases[id(p)]
-        is_matrix = (p.ndim == 2 and len(names) == 1 and param_role(names, p) == "hidden"
+        is_matrix = (p.ndim == 2 and len(names) == 1
                      and all(_matches(n, cfg.matrix_patterns) for n in names)
                      and not any(_matches(n, cfg.vector_patterns) for n in names))
         (matrix if is_matrix else vector).append((name, p))
