@@ -15,7 +15,7 @@ import torch
 
 from trainer.distributed import DistEnv, all_mean, ranks_in_sync
 from trainer.outputs import RunSummary, Status
-from trainer.schedule import lr_factor
+from trainer.schedule import lr_factor, powercool_lr
 
 
 @dataclass
@@ -66,12 +66,23 @@ class Progress:
 
 def set_lr(optimizer, step: int, t) -> None:
     """Every param group at its peak lr (group["base_lr"]) times the schedule's factor; with
-    train.min_lr, each group's floor is that absolute lr (its ratio to the group's peak)."""
+    train.min_lr, each group's floor is that absolute lr (its ratio to the group's peak).
+    powercool (after any warmup): each group's lr by powercool_lr, min_lr not used."""
     def factor(base_lr: float) -> float:
         ratio = t.min_lr_ratio if t.min_lr is None or base_lr == 0 else t.min_lr / base_lr
         return lr_factor(step, max_iters=t.max_iters, warmup_iters=t.warmup_iters,
                          schedule=t.schedule, min_lr_ratio=ratio, decay_frac=t.decay_frac,
                          warmup_from_zero=t.warmup_from_zero)
+    if t.schedule == "powercool" and step >= t.warmup_iters:
+        # each group its own lr: the record's power_c is per group, and its AdamW groups
+        # (kind vector here) stay flat longer than Muon's
+        end = t.max_iters if t.powercool_end is None else t.powercool_end
+        for group in optimizer.param_groups:
+            vector = group.get("kind") == "vector" and t.powercool_decay_steps_vector is not None
+            group["lr"] = powercool_lr(step, group["base_lr"], end=end, power=t.powercool_power,
+                                       decay_steps=t.powercool_decay_steps_vector if vector
+                                       else t.powercool_decay_steps)
+        return
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor(group["base_lr"])
 

@@ -1,5 +1,6 @@
 """Learning-rate schedules as a factor of the peak lr: linear warmup, then cosine,
-warmup-stable-decay (WSD), constant, or Track 3's cooldown."""
+warmup-stable-decay (WSD), constant, or Track 3's cooldown; and Track 3's PowerCool, an lr per
+param group (powercool_lr)."""
 from __future__ import annotations
 
 import math
@@ -32,4 +33,15 @@ def lr_factor(step: int, *, max_iters: int, warmup_iters: int, schedule: str,
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-SCHEDULES = ("cosine", "wsd", "constant", "cooldown")
+def powercool_lr(step: int, base_lr: float, *, end: int, power: float,
+                 decay_steps: float) -> float:
+    """PowerCool (modded-nanogpt Track 3 result #20, 20260509_contra_soft_muon, `_lr`):
+    min(initial_lr, power_c * max(0, end - step) ** power) with power_c = initial_lr /
+    decay_steps ** power, i.e. flat until decay_steps before `end`, then a power-law cooldown to
+    0 at `end` (the record: end 3105 for 3040 steps, power 1.2, decay_steps 2386.4 for Muon and
+    1413 for every AdamW group; its power_c constants are these to the last digit or two)."""
+    power_c = base_lr / decay_steps ** power
+    return min(base_lr, power_c * max(0.0, end - step) ** power)
+
+
+SCHEDULES = ("cosine", "wsd", "constant", "cooldown", "powercool")
