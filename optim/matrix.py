@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from optim.rules import Chain, apply_update, post_transform
+from optim.rules import Chain, apply_update, post_transform, uw_floor
 from optim.spectral import Workspace
 
 
@@ -88,6 +88,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
         D = post_transform(self.chain, group, transform(group, X, work), states,
                            [len(g) for g in G])
         eta, rho = self.chain.step_size(group, G, X, states)
+        eta = uw_floor(group, W, D, eta)   # optimizer.uw_floor; unchanged when off
         apply_update(W, D, eta, rho, [len(w) for w in W], work,
                      cautious=group.get("cautious_wd", False))
 

@@ -19,6 +19,8 @@ An optional fourth link, `post` (default: none), rescales D after the transform 
 state (NorMuon's per-row, AdaMuon's per-entry second moment of O; optim/muon_variants.py); it
 runs on the whole (gathered) stack, like step_size, so every rank computes the same numbers.
 With optimizer.cautious_wd, apply_update decays only the entries where D and W agree in sign.
+With optimizer.uw_floor (orthogonalizing chains only), uw_floor raises eta per matrix after the
+step size, so that ||u||_F / ||W||_F is at least the floor (Track 3 result #9).
 
 Links read their hyperparameters from the param group (group["momentum"], group["ns_steps"],
 ...: the fields of optim/config.py by name) every step, so a schedule that sets group["lr"]
@@ -236,6 +238,24 @@ def namo_d_step(group, grads, X, states):
     if group["decay_style"] == "adaptive":
         return eta, 1 - group["weight_decay"] * (d * lr_t).clamp(max=1.0)
     return eta, 1 - lr_t * group["weight_decay"]
+
+
+def uw_floor(group, W: list[Tensor], D: Tensor, eta):
+    """Track 3 result #9's u/w floor (20260501_skylight001, Muon.step): with u = s D (D after
+    the transform and any post link, s the shape scale; the lr not included) and W before this
+    step's update and decay, per matrix: if ||u||_F / ||W||_F < floor, u is scaled by floor
+    ||W||_F / ||u||_F (both norms clamped at 1e-8, as there), so eta becomes eta x that scale.
+    The record takes ||s D|| of the product in D's dtype, here s ||D||: equal up to rounding.
+    None (the default): eta as it is."""
+    floor = group.get("uw_floor")
+    if floor is None:
+        return eta
+    dtype = torch.promote_types(W[0].dtype, torch.float32)
+    w = torch.cat([torch.linalg.vector_norm(x, dim=(1, 2), dtype=dtype) for x in W]).clamp_min(1e-8)
+    u = (torch.linalg.vector_norm(D, dim=(1, 2), dtype=dtype)
+         * shape_scale(group["scale"], *group["matrix_shape"])).clamp_min(1e-8)
+    scale = torch.where(u / w < floor, floor * w / u, torch.ones_like(w))
+    return eta * scale.view(-1, 1, 1)
 
 
 # ---- the chain and the update it ends in ---------------------------------------------------
