@@ -18,7 +18,7 @@ from configs.errors import UserError
 
 # Fields that route parameters or configure a builder, never read by a chain link.
 ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "decay_embeddings", "roles",
-           "distributed", "split_qkv",
+           "distributed", "split_qkv", "ema_nesterov",
            "qkv_patterns", "matrix_patterns", "vector_patterns", "target", "kwargs", "split",
            "foreach", "fused")
 POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
@@ -59,6 +59,17 @@ class RolesConfig:
 
 
 @dataclass
+class EmaNesterovConfig:
+    """optimizer.ema_nesterov: the EMA-Nesterov wrapper (arXiv 2605.25395, Track 3 result #39;
+    optim/ema_nesterov.py) around any optimizer of the registry. Off by default."""
+    enabled: bool = False
+    gamma: float = 0.99                  # EMA of the per-step parameter displacement
+    beta: float = 0.6                    # lookahead = beta x lr / peak lr (the last step's lr)
+    start: int = 500                     # first step with a lookahead (the EMA fills from step 0)
+    stop: Optional[int] = None           # first step without again; null: never (#39: 2400 of 3150)
+
+
+@dataclass
 class OptimizerConfig:
     name: str = "adamw"                  # registry key, see optim/registry.py
     lr: float = 1e-3                     # peak lr of the matrix (or only) parameters
@@ -66,6 +77,10 @@ class OptimizerConfig:
     weight_decay: float = 0.1
     cautious_wd: bool = False            # matrix chains: decay only where update and weight agree
                                          # in sign (arXiv 2510.12402)
+    # Orthogonalizing chains: a matrix's update u (shape scale included, lr not) with ||u||_F /
+    # ||W||_F below this is scaled up to it (Track 3 result #9, 0.35); null: off.
+    uw_floor: Optional[float] = None
+    ema_nesterov: EmaNesterovConfig = field(default_factory=EmaNesterovConfig)
     vector_weight_decay: float = 0.0
     # Whether the token / position embeddings and the head take weight decay (torch classes: at
     # weight_decay; the AdamW backup: at vector_weight_decay). true: nanoGPT's grouping (every
@@ -144,6 +159,15 @@ class OptimizerConfig:
             if self.route == "all_2d" and role != "scalar" and r.any():
                 raise UserError(f"optimizer.roles.{role} with optimizer.route=all_2d: the "
                                 f"{role} is a matrix of the chain there; set route=patterns")
+        if self.uw_floor is not None and self.uw_floor <= 0:
+            bad("uw_floor", "must be positive (or null: off)")
+        e = self.ema_nesterov
+        if not 0 <= e.gamma < 1 or e.beta < 0:
+            raise UserError(f"optimizer.ema_nesterov.gamma={e.gamma} must be in [0, 1) and "
+                            f"optimizer.ema_nesterov.beta={e.beta} >= 0")
+        if e.start < 0 or (e.stop is not None and e.stop < e.start):
+            raise UserError(f"optimizer.ema_nesterov.start={e.start} must be >= 0 and stop={e.stop} "
+                            "at least start (or null: never)")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {', '.join(str(a) for a in allowed)}")

@@ -53,6 +53,7 @@ from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_
 
 Builder = Callable[[torch.nn.Module, OptimizerConfig, Callable, bool], torch.optim.Optimizer]
 registry: dict[str, Builder] = {}
+UW_FLOOR_NAMES: set[str] = set()   # chains with an orthogonal update and a fixed step size
 
 
 def available() -> list[str]:
@@ -66,10 +67,20 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, log=print,
     if cfg.name not in registry:
         raise UserError(f"unknown optimizer.name={cfg.name!r}; "
                         f"registered: {', '.join(available())}")
+    if cfg.uw_floor is not None and cfg.name not in UW_FLOOR_NAMES:
+        raise UserError(f"optimizer.uw_floor={cfg.uw_floor} needs an orthogonalizing matrix chain "
+                        f"({', '.join(sorted(UW_FLOOR_NAMES))}), not optimizer={cfg.name}")
     if zero and not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         log("train.zero=true: one process has no optimizer state to shard; ignored")
         zero = False
-    return registry[cfg.name](model, cfg, log, zero)
+    opt = registry[cfg.name](model, cfg, log, zero)
+    if cfg.ema_nesterov.enabled:
+        from optim.ema_nesterov import EmaNesterov
+        e = cfg.ema_nesterov
+        opt = EmaNesterov(opt, gamma=e.gamma, beta=e.beta, start=e.start, stop=e.stop)
+        log(f"optimizer: wrapped in EMA-Nesterov (gamma {e.gamma}, lookahead {e.beta} x lr/peak "
+            f"from step {e.start} to {'the end' if e.stop is None else e.stop})")
+    return opt
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -229,6 +240,9 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
 for name, step_size in (("muon", fixed_step), ("namo", namo_step), ("namo_d", namo_d_step)):
     registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size,
                                           result_dtype=ns_result_dtype), "moonlight")
+# optimizer.uw_floor: its u = shape scale x D needs a fixed step size and an orthogonal D
+UW_FLOOR_NAMES.update(("muon", "normuon", "adamuon", "track3_baseline", "muon_svd", "adamz",
+                       "msgdz"))
 # Muon variants: a post link after the transform rescales O; RMS aligned there, so no shape scale
 registry["normuon"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, fixed_step,
                                            result_dtype=ns_result_dtype, post=normuon_post), "none")
