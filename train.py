@@ -137,6 +137,11 @@ def run(cfg_node) -> dict:
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=precision.dtype == "float16")
+    tail_ema = None
+    if t.eval_ema:   # train.eval_ema: the tail EMA of the weights (trainer/tail_ema.py)
+        from trainer.tail_ema import TailEma
+        tail_ema = TailEma(model, tau=t.eval_ema_tau, lam=t.eval_ema_lambda,
+                           start=t.eval_ema_first_step())
     config = OmegaConf.to_container(cfg_node)
     config["compile"] = cfg.compile   # the checked spelling: the command line's true arrives "True"
 
@@ -149,7 +154,7 @@ def run(cfg_node) -> dict:
         if resuming:
             progress.step, progress.best_val = checkpoint.restore(
                 out_dir, model=model, optimizer=optimizer, scaler=scaler, device=device,
-                config=config)
+                config=config, tail_ema=tail_ema)
             log(f"resumed from {out_dir / checkpoint.FILE} at step {progress.step}")
         record = provenance(env) if env.is_main else {}
         sent = set()   # (step, is a train record) of the records a resumed run sent before
@@ -178,7 +183,7 @@ def run(cfg_node) -> dict:
                                  sent) if env.is_main else None,
                 bar=tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
                          dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0),
-                stop=GracefulStop(env))
+                stop=GracefulStop(env), tail_ema=tail_ema)
         return r.run()
     finally:
         if lock is not None:
@@ -209,6 +214,7 @@ class Run:
     logger: RunLogger | None
     bar: Any
     stop: GracefulStop        # the signal handlers, installed while run() trains
+    tail_ema: Any = None      # train.eval_ema's TailEma, or None
 
     def run(self) -> dict:
         """train() under the graceful-stop handlers; a crash is recorded (summary.json status
@@ -242,6 +248,8 @@ class Run:
                     self.bar.write(f"task solved at step {p.step}: stopping early")
                     solved = True
                     break
+            if hasattr(self.optimizer, "lookahead"):   # optimizer.ema_nesterov: before the lr
+                self.optimizer.lookahead(p.step)        # is set, as the record (last step's lr)
             set_lr(self.optimizer, p.step, t)
             train_loss = forward_backward(self.model, self.task, self.scaler, step=p.step,
                                           accum=self.accum, batch_size=t.batch_size, env=self.env,
@@ -257,6 +265,8 @@ class Run:
                     break
             optimizer_step(self.raw_model, self.optimizer, self.scaler, t.grad_clip)
             p.step += 1
+            if self.tail_ema is not None:
+                self.tail_ema.update(p.step)
             timer.step_done()
             if p.step % t.log_interval == 0 or p.step == t.max_iters:
                 self.log_train(loss_value, *timer.window())
@@ -311,6 +321,10 @@ class Run:
     def end_of_training(self) -> None:
         """The last evaluation, the whole-val-split score, the final checkpoint."""
         t, p = self.cfg.train, self.progress
+        if self.tail_ema is not None and self.tail_ema.apply():
+            p.last_eval = None   # the weights changed: evaluate them even if this step was
+            self.log(f"train.eval_ema: weights blended toward their EMA (tau {t.eval_ema_tau}, "
+                     f"lambda {t.eval_ema_lambda}, from step {self.tail_ema.start})")
         if t.eval_at_end and p.last_eval != p.step:
             self.evaluate()
         p.final_val_full = final_eval(self.task, self.raw_model, t, self.env, self.autocast)
@@ -323,7 +337,8 @@ class Run:
                         scaler=self.scaler, step=self.progress.step,
                         best_val_loss=self.progress.best_val, config=self.config,
                         device=self.env.device, is_main=self.env.is_main,
-                        consolidate=self.cfg.train.zero and self.env.enabled)
+                        consolidate=self.cfg.train.zero and self.env.enabled,
+                        tail_ema=self.tail_ema)
 
     def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = finish(self.progress, status, self.task, self.raw_model, self.env, error)

@@ -28,8 +28,9 @@ PARTS = ("model", "optimizer", "scaler", "step", "best_val_loss", "rng_cpu")
 
 
 def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: float,
-         config: dict, device: str, is_main: bool, consolidate: bool) -> None:
-    """A collective when `consolidate` (ZeRO-1): call it on every rank; rank 0 writes."""
+         config: dict, device: str, is_main: bool, consolidate: bool, tail_ema=None) -> None:
+    """A collective when `consolidate` (ZeRO-1): call it on every rank; rank 0 writes.
+    tail_ema (train.eval_ema, trainer/tail_ema.py): its EMA goes along as "eval_ema"."""
     if consolidate:
         optimizer.consolidate_state_dict(to=0)
     if not is_main:
@@ -37,6 +38,8 @@ def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: f
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict(), "step": step, "best_val_loss": best_val_loss,
              "rng_cpu": torch.get_rng_state(), "config": config}
+    if tail_ema is not None:
+        state["eval_ema"] = tail_ema.state_dict()
     if device.startswith("cuda"):
         state["rng_cuda"] = torch.cuda.get_rng_state()
     write_atomic(Path(out_dir) / FILE, lambda f: torch.save(state, f))
@@ -83,7 +86,7 @@ def check_same_run(stored: dict, config: dict, out_dir: Path) -> None:
 
 
 def restore(out_dir: Path, *, model, optimizer, scaler, device: str,
-            config: dict) -> tuple[int, float]:
+            config: dict, tail_ema=None) -> tuple[int, float]:
     """Load ckpt.pt into the model, optimizer, scaler and RNG; returns (step, best val loss).
     `config` is this run's: the checkpoint must be of the same run (check_same_run)."""
     path = Path(out_dir) / FILE
@@ -97,6 +100,8 @@ def restore(out_dir: Path, *, model, optimizer, scaler, device: str,
         raise UserError(f"{path} does not fit this run's model and optimizer ({first_line(exc)}); "
                         "resume with the run's own config, pass overwrite=true to replace it, "
                         "or pass another out_dir=") from None
+    if tail_ema is not None:
+        tail_ema.load_state_dict(state.get("eval_ema"), state["step"])
     torch.set_rng_state(state["rng_cpu"].cpu())
     if "rng_cuda" in state and device.startswith("cuda"):
         torch.cuda.set_rng_state(state["rng_cuda"].cpu())

@@ -33,7 +33,15 @@ class TrainConfig:
     final_eval_tokens: int = 1_000_000
     log_interval: int = 10
     grad_clip: float = 1.0               # 0 disables
-    schedule: str = "cosine"             # cosine | wsd | constant | cooldown (Track 3's)
+    schedule: str = "cosine"             # cosine | wsd | constant | cooldown (Track 3's) | powercool
+    # powercool (Track 3 result #20): lr = min(peak, c (end - step)^power), c = peak /
+    # decay_steps^power: flat until decay_steps before end. The defaults are the record's for its
+    # end 3105 (3040 steps): Muon 2386.4, every AdamW group 1413 (the vector groups here;
+    # null: powercool_decay_steps for them too). min_lr, min_lr_ratio, decay_frac not used.
+    powercool_power: float = 1.2
+    powercool_end: Optional[int] = None  # the step the lr reaches 0; null: max_iters
+    powercool_decay_steps: float = 2386.4
+    powercool_decay_steps_vector: Optional[float] = 1413.0
     warmup_iters: int = 100
     warmup_from_zero: bool = False       # warmup s / warmup_iters (NAMO repo) instead of nanoGPT's
                                          # (s + 1) / (warmup_iters + 1)
@@ -42,6 +50,13 @@ class TrainConfig:
     # An absolute final lr for every param group instead (BeyondMuon's min_lr_matrix and
     # min_lr_vector: lr = min_lr + c (peak - min_lr)); null: min_lr_ratio x each group's peak.
     min_lr: Optional[float] = None
+    # Tail-EMA readout (Track 3 result #45, trainer/tail_ema.py): an EMA (time constant tau
+    # steps) of the non-embedding weights from step eval_ema_start (null: 5 tau before the end),
+    # blended in once at the end, W <- (1 - lambda) W + lambda EMA, before the final evaluation.
+    eval_ema: bool = False
+    eval_ema_tau: float = 150.0
+    eval_ema_lambda: float = 0.6
+    eval_ema_start: Optional[int] = None
     diverge_loss: float = 20.0           # a train loss above this (or non-finite) ends the run
     ckpt_interval: int = 250             # 0: only at the end
     zero: bool = False                   # ZeRO-1 optimizer-state sharding (torchrun)
@@ -68,6 +83,21 @@ class TrainConfig:
                             f"{self.decay_frac} must be in [0, 1] and (0, 1]")
         if self.loss_reduction not in ("mean", "sum"):
             raise UserError(f"train.loss_reduction={self.loss_reduction!r} is not mean or sum")
+        if self.powercool_power <= 0:
+            raise UserError(f"train.powercool_power={self.powercool_power} must be positive")
+        if self.powercool_end is not None and self.powercool_end < 1:
+            raise UserError(f"train.powercool_end={self.powercool_end} must be at least 1 (or "
+                            "null: max_iters)")
+        for name in ("powercool_decay_steps", "powercool_decay_steps_vector"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"train.{name}={getattr(self, name)} must be positive (steps "
+                                "before powercool_end where the cooldown starts)")
+        if self.eval_ema_tau < 1 or not 0 <= self.eval_ema_lambda <= 1:
+            raise UserError(f"train.eval_ema_tau={self.eval_ema_tau} must be >= 1 (steps) and "
+                            f"train.eval_ema_lambda={self.eval_ema_lambda} in [0, 1]")
+        if self.eval_ema_start is not None and self.eval_ema_start < 0:
+            raise UserError(f"train.eval_ema_start={self.eval_ema_start} must be >= 0 (or null: "
+                            "5 x eval_ema_tau steps before max_iters)")
         if self.schedule not in SCHEDULES:
             raise UserError(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
 
@@ -77,6 +107,12 @@ class TrainConfig:
         tail = (self.eval_tail_interval is not None
                 and step / self.max_iters >= 1 - self.eval_tail_frac)
         return step % (self.eval_tail_interval if tail else self.eval_interval) == 0
+
+    def eval_ema_first_step(self) -> int:
+        """The step the tail EMA starts from (its first copy of the weights)."""
+        if self.eval_ema_start is not None:
+            return self.eval_ema_start
+        return max(0, self.max_iters - round(5 * self.eval_ema_tau))
 
     def micro_steps_per_rank(self, world_size: int, where: str = "processes") -> int:
         """grad_accum_steps shared by `world_size` processes (as nanoGPT); it must divide.
