@@ -161,6 +161,8 @@ class OptimizerConfig:
                                 f"{role} is a matrix of the chain there; set route=patterns")
         if self.uw_floor is not None and self.uw_floor <= 0:
             bad("uw_floor", "must be positive (or null: off)")
+        if isinstance(self.ema_nesterov, dict):   # OptimizerConfig(ema_nesterov={...}) in Python
+            self.ema_nesterov = EmaNesterovConfig(**self.ema_nesterov)
         e = self.ema_nesterov
         if not 0 <= e.gamma < 1 or e.beta < 0:
             raise UserError(f"optimizer.ema_nesterov.gamma={e.gamma} must be in [0, 1) and "

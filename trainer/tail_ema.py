@@ -6,22 +6,26 @@ evaluation. Owns the EMA buffers and their checkpoint state.
 As the record: after the optimizer step that completes step S >= start, the EMA is a copy of
 the weights at S = start, then ema <- lerp(ema, W, 1 / tau); at the end W <- lerp(W, ema, lam)
 for good (the record: tau 150, lam 0.6, start 2000 of 2720). Its scope "nonembed" (every
-parameter but the token embedding): here every parameter but those of the embed role
-(optim/params.py; a tied wte/lm_head weight is one).
+parameter but the token embedding `embed.weight`): here every parameter but the one named like
+TOKEN_EMBEDDING (model/gpt.py's wte, tied to the head; model/track3.py's embed).
 """
 from __future__ import annotations
+
+from fnmatch import fnmatch
 
 import torch
 
 from configs.errors import UserError
 
+TOKEN_EMBEDDING = ("*wte.weight", "embed.weight", "*.embed.weight")
+
 
 class TailEma:
     def __init__(self, model: torch.nn.Module, *, tau: float, lam: float, start: int):
-        from optim.params import named_params, param_role
+        from optim.params import named_params
         named, aliases = named_params(model)
-        self.params = [p for n, p in named
-                       if torch.is_floating_point(p) and param_role(aliases[id(p)], p) != "embed"]
+        self.params = [p for n, p in named if torch.is_floating_point(p) and not any(
+            fnmatch(a, pat) for a in aliases[id(p)] for pat in TOKEN_EMBEDDING)]
         self.tau, self.lam, self.start = tau, lam, start
         self.ema: list[torch.Tensor] | None = None
 
