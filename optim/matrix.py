@@ -78,7 +78,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
     def _run_chain(self, group: dict, W: list[Tensor], G: list[Tensor], states: list[dict],
                    transform, work: Workspace | None) -> None:
         """The chain on the (-1, m, n) views W with gradients G: precondition into the stack X,
-        `transform` on it, step size, W <- rho W - eta D."""
+        `transform` on it, step size, the chain's apply (W <- rho W - eta D, or the hyperball step)."""
         for s in states:  # the matrices of a group step together
             s["step"] = s.get("step", 0) + 1
         shape = (sum(len(g) for g in G), *G[0].shape[1:])
@@ -89,8 +89,8 @@ class MatrixOptimizer(torch.optim.Optimizer):
                            [len(g) for g in G])
         eta, rho = self.chain.step_size(group, G, X, states)
         eta = uw_floor(group, W, D, eta)   # optimizer.uw_floor; unchanged when off
-        apply_update(W, D, eta, rho, [len(w) for w in W], work,
-                     cautious=group.get("cautious_wd", False))
+        apply = self.chain.apply or apply_update   # looked up per call: tests patch it
+        apply(W, D, eta, rho, [len(w) for w in W], work, cautious=group.get("cautious_wd", False))
 
     # ---- distributed: a share of the rows per rank -----------------------------------------
 

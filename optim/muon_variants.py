@@ -1,4 +1,5 @@
-"""Muon variants as links of a Chain (optim/rules.py): NorMuon and AdaMuon.
+"""Muon variants as links of a Chain (optim/rules.py): NorMuon and AdaMuon, and NorMuonH's
+variance link (Track 3's result #8; its hyperball step is optim/rules.py's hyperball_apply).
 
 Both keep Muon's momentum and orthogonalization (any optimizer.ns) and rescale the orthogonalized
 update O with an Adam-style second moment of O itself, in a `post` link (after the transform, on
@@ -29,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from optim.rules import _zeros, ema_momentum
+from optim.rules import _zeros, ema_momentum, shape_scale
 
 UPDATE_RMS = 0.2        # both papers: match AdamW's typical update RMS
 
@@ -71,3 +72,18 @@ def adamuon_post(group, D: Tensor, states: list[dict], blocks: list[int]) -> Ten
     V = _zeros(states, "update_second_moment", [(k, *sq.shape[1:]) for k in blocks], sq)
     torch._foreach_lerp_(V, list(sq.split(blocks)), 1 - group["mu2"])
     return rms_aligned(O / (torch.cat(V).sqrt() + group["eps"]))
+
+
+def normuonh_post(group, D: Tensor, states: list[dict], blocks: list[int]) -> Tensor:
+    """NorMuonH (Track 3's result #8, modded-nanogpt normuon_update): U = s O with s the shape
+    scale (optimizer.scale, `original` there: sqrt(max(1, m/n))); an EMA v of the mean of U²
+    along the long axis, one number per row where m >= n, else per column (state
+    "short_axis_second_moment", (k, m, 1) or (k, 1, n) per parameter), v <- mu2 v + (1 - mu2)
+    mean(U²); D' = U / sqrt(max(v, eps)). No bias correction, no RMS alignment: the hyperball
+    step divides by ||D'||."""
+    m, n = D.shape[-2:]
+    U = _float(D) * shape_scale(group["scale"], m, n)
+    v_new = U.square().mean(dim=-1 if m >= n else -2, keepdim=True)
+    v = _zeros(states, "short_axis_second_moment", [(k, *v_new.shape[1:]) for k in blocks], v_new)
+    torch._foreach_lerp_(v, list(v_new.split(blocks)), 1 - group["mu2"])
+    return U * torch.cat(v).clamp_min(group["eps"]).rsqrt()

@@ -13,6 +13,9 @@ group["lr"] every step. Names:
                                     MatrixOptimizer) + AdamW backup for vectors
   normuon, adamuon                  Muon + a per-row / per-entry second moment of the
                                     orthogonalized update (post links in optim/muon_variants.py)
+  muonh, adamh, normuonh            Track 3's hyperball results #5, #4, #8: Muon's, Adam's,
+                                    NorMuonH's update applied by the hyperball step (every hidden
+                                    matrix keeps its Frobenius norm; optim/rules.py hyperball_apply)
   dion                              rank-r orthonormal update by one power-iteration step with
                                     error feedback (optim/dion.py)
   adam adams adamq adamz            spectral family (arXiv 2602.04669): Psi_p, p = 1, 1/2, 1/4, 0,
@@ -44,10 +47,11 @@ from optim.matrix import MatrixOptimizer
 from optim.params import (decay_groups, describe_roles, log_split, named_params, param_role,
                           role_groups, shape_groups, split_params, summarize)
 from optim import capability
-from optim.muon_variants import adamuon_post, normuon_post, sign_momentum
+from optim.muon_variants import adamuon_post, normuon_post, normuonh_post, sign_momentum
 from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
-from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball, namo_d_step,
-                         namo_step, newton_schulz_dtype, ns_result_dtype, orthogonalize_transform,
+from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball,
+                         hyperball_apply, hyperball_step, namo_d_step, namo_step,
+                         newton_schulz_dtype, ns_result_dtype, orthogonalize_transform,
                          rank_limited_transform, spectral_identity, spectral_power_transform,
                          spectral_result_dtype)
 
@@ -210,6 +214,11 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
             if cfg.rank > smallest:
                 raise UserError(f"optimizer.rank={cfg.rank} exceeds min(rows, cols)={smallest} of "
                                 f"the smallest matrix; use 1..{smallest} or null (full rank)")
+        if chain.apply is hyperball_apply and (cfg.weight_decay or cfg.cautious_wd):
+            raise UserError(f"optimizer={cfg.name} keeps every hidden matrix's norm fixed, so "
+                            f"weight decay does nothing but shrink the step: set "
+                            f"optimizer.weight_decay=0 and cautious_wd=false (have "
+                            f"{cfg.weight_decay}, {cfg.cautious_wd})")
         opt = None
         if groups:
             opt = MatrixOptimizer(_with_lr(groups, cfg.lr, "matrix"), chain,
@@ -232,6 +241,11 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
                    if cfg.ns_dtype == "auto" else "set explicitly")
             log(f"optimizer: Newton-Schulz in {combined.ns_dtype} (optimizer.ns_dtype="
                 f"{cfg.ns_dtype}: {why})")
+        if chain.apply is hyperball_apply and (zeros := sum(
+                int(not p.detach().any()) for _, p in matrix)):
+            log(f"optimizer: {cfg.name}: {zeros} hidden matrices are zero and stay zero under the "
+                f"hyperball step (the records initialize them nonzero: see "
+                f"configs/optimizer/{cfg.name}.yaml)")
         return combined
     return build
 
@@ -254,6 +268,16 @@ registry["dion"] = _chain_builder(Chain(dion_momentum, identity_transform, dion_
 # Track 3's result #36 (modded-nanogpt records/track_3_optimization): Muon with its settings in
 # configs/optimizer/track3_baseline.yaml (cubic Newton-Schulz, per-role AdamW backup)
 registry["track3_baseline"] = registry["muon"]
+# Track 3's hyperball results (modded-nanogpt records/track_3_optimization, the YAMLs name the
+# files): the update of Muon (#5), of Adam (#4), of NorMuonH (#8), applied by hyperball_apply
+registry["muonh"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, hyperball_step,
+                                         result_dtype=ns_result_dtype, apply=hyperball_apply),
+                                   "none")
+registry["adamh"] = _chain_builder(Chain(adam_normalize, identity_transform, hyperball_step,
+                                         identity=always, apply=hyperball_apply), "none")
+registry["normuonh"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, hyperball_step,
+                                            result_dtype=ns_result_dtype, post=normuonh_post,
+                                            apply=hyperball_apply), "original")
 registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_transform, fixed_step),
                                       "moonlight")
 SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power

@@ -21,6 +21,9 @@ runs on the whole (gathered) stack, like step_size, so every rank computes the s
 With optimizer.cautious_wd, apply_update decays only the entries where D and W agree in sign.
 With optimizer.uw_floor (orthogonalizing chains only), uw_floor raises eta per matrix after the
 step size, so that ||u||_F / ||W||_F is at least the floor (Track 3 result #9).
+The last link, `apply` (default: apply_update, W <- rho W - eta D), is swapped by the hyperball
+names (muonh, adamh, normuonh) for hyperball_apply: a step of size lr ||W|| along D / ||D||,
+then W rescaled back to its norm before the step.
 
 Links read their hyperparameters from the param group (group["momentum"], group["ns_steps"],
 ...: the fields of optim/config.py by name) every step, so a schedule that sets group["lr"]
@@ -295,6 +298,13 @@ def spectral_result_dtype(group, X: Tensor) -> torch.dtype:
     return ns_result_dtype(group, X) if group["power"] == 0 else X.dtype
 
 
+def hyperball_step(group, grads, X, states):
+    """The hyperball names' step size: eta = lr, no decay (the norm of W is fixed by the step,
+    so decay would only shrink the step; the records run without it) and no shape scale (the
+    step divides D by its norm, so a constant scale of D cancels)."""
+    return group["lr"], 1.0
+
+
 @dataclass(frozen=True)
 class Chain:
     precondition: Callable   # (group, grads, states, out: (k, m, n) views of X) -> None
@@ -303,6 +313,8 @@ class Chain:
     identity: Callable = never              # (group) -> the transform returns X as it is
     result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
     post: Callable | None = None            # (group, D, states, blocks) -> D' after the transform
+    apply: Callable | None = None           # (params, D, eta, rho, blocks, work, cautious) -> None;
+                                            # None: apply_update (the engine's)
 
 
 def post_transform(chain: Chain, group: dict, D: Tensor, states: list[dict],
@@ -345,3 +357,23 @@ def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
         torch._foreach_sub_(params, list(step.split(blocks)))
     else:
         torch._foreach_add_(params, list(D.split(blocks)), alpha=-eta)
+
+
+HYPERBALL_EPS = 1e-10   # the records' clamp on ||D|| and on the norm after the step
+
+
+def hyperball_apply(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
+                    work: spectral.Workspace | None = None, cautious: bool = False) -> None:
+    """The hyperball step of Track 3's results #4, #5, #8 (modded-nanogpt
+    scale_invariant_update_), per matrix of the stack, in W's dtype:
+        W' = W - ((eta D) ||W||) / max(||D||, 1e-10),   W <- (W' / max(||W'||, 1e-10)) ||W||
+    (Frobenius norms, in the records' order of operations): a step of size eta ||W|| along
+    D / ||D||, then back onto the sphere of W's radius, so ||W|| never changes (a zero matrix
+    stays zero). rho is 1 (hyperball_step; the builder refuses weight decay); cautious unused."""
+    for w, d in zip(params, D.split(blocks)):
+        d = d.to(w.dtype)
+        p_norm = torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True)
+        u_norm = torch.linalg.vector_norm(d, dim=(1, 2), keepdim=True).clamp(min=HYPERBALL_EPS)
+        new = w - eta * d * p_norm / u_norm
+        new_norm = torch.linalg.vector_norm(new, dim=(1, 2), keepdim=True).clamp(min=HYPERBALL_EPS)
+        w.copy_(new / new_norm * p_norm)

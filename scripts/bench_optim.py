@@ -19,6 +19,9 @@ same tensors, so both orthogonalize the same shapes. ("step ms", the whole step,
 YAML's ns_dtype=auto; "matrix ms" at the dtype its row names.) The first line is the machine's
 matmul capability (optim/capability.py: what ns_dtype=auto picks here, and why).
 
+Every registry name has a row of the full table (muonh, adamh, normuonh included: their 12
+cubic Newton-Schulz steps are the records').
+
 --quick: 2 layers, muon namo namo_d, 3 repeats after 1 warmup, no per-name full-step table:
 the targets line in a few minutes on 2 CPU cores. The full run (every name, 12 layers) is for
 GPUs and idle machines.

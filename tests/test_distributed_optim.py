@@ -41,6 +41,8 @@ class Matrices(torch.nn.Module):
 
 
 def config(name, **overrides) -> OptimizerConfig:
+    if name in ("muonh", "adamh", "normuonh"):   # the hyperball names refuse weight decay
+        overrides.setdefault("weight_decay", 0.0)
     return OptimizerConfig(name=name, lr=0.02, split_qkv=True, qkv_patterns=["ws.6"], **overrides)
 
 
@@ -161,7 +163,7 @@ def _state_rows(opt) -> int:
 
 
 def _zero_matrix_state(rank, world, tmp):
-    for name in ("muon", "namo_d"):
+    for name in ("muon", "namo_d", "normuonh"):
         model, ref = Matrices(), Matrices()
         opt = build_optimizer(model, config(name), log=quiet, zero=True)
         ref_opt = build_optimizer(ref, config(name, distributed=False), log=quiet)

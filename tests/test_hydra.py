@@ -42,7 +42,7 @@ def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path, capsys):
 def test_help_lists_the_groups_and_completion_completes_them(capsys, monkeypatch):
     assert train.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "optimizer: adam, adamq" in out and "model: baby, gpt2" in out
+    assert "optimizer: adam, adamh, adamq" in out and "model: baby, gpt2" in out
     assert "--multirun" in out and "python train.py -m" in out
     monkeypatch.setenv("COMP_LINE", "python train.py optimizer=na")
     assert train.main(["-sc", "query=bash"]) == 0

@@ -391,7 +391,8 @@ def test_variant_state_round_trip(name):
 VARIANTS = [("normuon", {}), ("adamuon", {}), ("muon", {"ns": "polar_express"}),
             ("muon", {"ns": "gram"}), ("muon", {"cautious_wd": True}),
             ("namo_d", {"cautious_wd": True}), ("msgdz", {"ns": "gram"}),
-            ("dion", {}), ("dion", {"rank": 3})]
+            ("dion", {}), ("dion", {"rank": 3}),
+            ("muonh", {}), ("adamh", {}), ("normuonh", {})]
 
 
 def _variants_match_one_process(rank, world):
@@ -421,6 +422,7 @@ def test_variants_two_ranks_equal_one_process(tmp_path):
     ["optimizer=dion", "optimizer.rank=8"],
     ["optimizer=normuon", "optimizer.ns=polar_express", "optimizer.cautious_wd=true"],
     ["optimizer=adamuon", "optimizer.ns=gram"],
+    ["optimizer=normuonh", "train.zero=true"],
 ])
 def test_new_names_train_tiny_under_torchrun(tmp_path, small_text, opt_args):
     """The new names and options through train.py with 2 processes: the ranks stay in sync."""

@@ -1,0 +1,167 @@
+"""The hyperball names (muonh, adamh, normuonh) against the records' own optimizer code, on a CPU.
+
+    python scripts/compare_hyperball.py --modded-nanogpt PATH [--fixture tests/fixtures/hyperball.pt]
+
+Their side: the optimizer section of each record of modded-nanogpt's Track 3 (RECORDS: result #5
+MuonH, #4 AdamH, #8 NorMuonH), exec'd from the file's own text (for the .txt logs, the code
+before the first ==== line), with only what a CPU needs patched (PATCHES: Newton-Schulz in
+float32 instead of bf16, no torch.compile) and a one-process stand-in for torch.distributed. Our
+side: build_optimizer with configs/optimizer/<name>.yaml's matrix hyperparameters
+(ns_dtype=float32). Both step the same float32 matrices (shapes SHAPES, seeded) with the same
+seeded gradients for STEPS steps, at the record's lr scaled by LR_FACTORS per step (their
+cooldown's shape; every step re-reads group["lr"]). The fixture keeps their weights after the
+first and the last step; tests/test_hyperball.py replays our side against it.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+COMMIT = "KellerJordan/modded-nanogpt@f411b3d346aa52d3504324ca93c230fd84c6c07f"
+RESULTS = "records/track_3_optimization/results/"
+# name: (file, first line of the optimizer code, their class, its constructor's keyword args)
+RECORDS = {
+    "muonh": (RESULTS + "20260430_muonh/train_gpt_simple_muonh.py",
+              "def zeropower_via_newtonschulz5", "MuonH", dict(lr=0.018)),
+    "adamh": (RESULTS + "20260430_adamh/7533dd87-107f-4a4f-8229-acbec0fb00ac.txt",
+              "@torch.no_grad()\ndef scale_invariant_update_", "AdamH",
+              dict(lr=0.018, betas=(0.9, 0.95), eps=1e-8)),
+    "normuonh": (RESULTS + "20260430_normuonh/f45b5dcf-16bb-4e83-b5c7-4ef4981f0e9f.txt",
+                 "def zeropower_via_newtonschulz5", "NorMuonH", dict(lr=0.018)),
+}
+STOP = "########################################\n#                Setup"
+# (old, new): applied where they occur; every record must contain at least one of them
+PATCHES = [("X = G.bfloat16()", "X = G.float()"),                     # NS in float32 both sides
+           ("@torch.compile\ndef muon_update", "def muon_update"),     # no torch.compile on CPU
+           ("@torch.compile\ndef normuon_update", "def normuon_update")]
+SHAPES = [(32, 32), (32, 32), (96, 32), (32, 96)]   # square, tall (per-row v), wide (per-column v)
+STEPS, SEED = 5, 0
+LR_FACTORS = [1 - s / STEPS for s in range(STEPS)]   # their matrices' cooldown_frac 1.0
+
+
+class OneProcess:
+    """torch.distributed for one process: rank 0 of 1; all_gather leaves the tensor as it is."""
+    @staticmethod
+    def get_world_size():
+        return 1
+
+    @staticmethod
+    def get_rank():
+        return 0
+
+    @staticmethod
+    def all_gather(outputs, tensor):
+        if outputs[0] is not tensor:
+            outputs[0].copy_(tensor)
+
+
+def their_code(checkout: Path, name: str) -> str:
+    """The record's optimizer section (its functions and class), patched for a CPU."""
+    file, start, _, _ = RECORDS[name]
+    text = (checkout / file).read_text()
+    if file.endswith(".txt"):
+        text = text[:text.index("\n====")]
+    if start not in text or STOP not in text:
+        sys.exit(f"error: {file} has no {start!r}; this script reads {COMMIT}: check out that commit")
+    code = text[text.index(start):text.index(STOP)]
+    if "bfloat16" in code and "X = G.bfloat16()" not in code:
+        sys.exit(f"error: {file}: its Newton-Schulz is not the one this script patches")
+    for old, new in PATCHES:
+        code = code.replace(old, new)
+    return code
+
+
+def matrices(dtype=torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(SEED)
+    return [0.02 * torch.randn(s, generator=g, dtype=dtype) for s in SHAPES]
+
+
+def gradients(dtype=torch.float32) -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(SEED + 1)
+    return [[torch.randn(s, generator=g, dtype=dtype) for s in SHAPES] for _ in range(STEPS)]
+
+
+def run_theirs(checkout: Path, name: str) -> dict:
+    """Their optimizer on the seeded matrices: the weights after step 1 and after the last."""
+    scope = {"torch": torch, "Tensor": torch.Tensor, "dist": OneProcess}
+    exec(compile(their_code(checkout, name), RECORDS[name][0], "exec"), scope)
+    params = [torch.nn.Parameter(w) for w in matrices()]
+    opt = scope[RECORDS[name][2]](list(params), **RECORDS[name][3])
+    base = [g["lr"] for g in opt.param_groups]
+    out = {}
+    for step, grads in enumerate(gradients()):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        for group, lr in zip(opt.param_groups, base):
+            group["lr"] = lr * LR_FACTORS[step]
+        opt.step()
+        if step in (0, STEPS - 1):
+            out["first" if step == 0 else "final"] = [p.detach().clone() for p in params]
+    return out
+
+
+def run_ours(name: str, dtype=torch.float32) -> dict:
+    """Our name on the same matrices, the YAML's hyperparameters with NS in float32."""
+    from configs import load_config, to_object
+    from optim import build_optimizer
+    cfg = to_object(load_config([f"optimizer={name}", "optimizer.ns_dtype=float32"])).optimizer
+    model = torch.nn.Module()
+    model.ws = torch.nn.ParameterList(torch.nn.Parameter(w) for w in matrices(dtype))
+    opt = build_optimizer(model, cfg, log=lambda *a, **k: None)
+    out = {}
+    for step, grads in enumerate(gradients(dtype)):
+        for p, g in zip(model.ws, grads):
+            p.grad = g.clone()
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * LR_FACTORS[step]
+        opt.step()
+        if step in (0, STEPS - 1):
+            out["first" if step == 0 else "final"] = [p.detach().clone() for p in model.ws]
+    return out
+
+
+def max_rel(ours: list, theirs: list) -> float:
+    """Per matrix ||ours - theirs|| / ||theirs||, the largest."""
+    return max(((a.double() - b.double()).norm() / b.double().norm()).item()
+               for a, b in zip(ours, theirs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--modded-nanogpt", type=Path, required=True, help="a modded-nanogpt checkout")
+    ap.add_argument("--fixture", type=Path, default=None, help="write the CI test's fixture here")
+    args = ap.parse_args()
+    if not all((args.modded_nanogpt / f).is_file() for f, *_ in RECORDS.values()):
+        sys.exit(f"error: {args.modded_nanogpt} lacks the records' files; pass a checkout of {COMMIT}")
+    torch.set_num_threads(1)
+    commit = subprocess.run(["git", "-C", str(args.modded_nanogpt), "rev-parse", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    print(f"their checkout: {COMMIT.split('@')[0]}@{commit}")
+    cases = {}
+    for name, (file, *_rest) in RECORDS.items():
+        theirs, ours = run_theirs(args.modded_nanogpt, name), run_ours(name)
+        cases[name] = {"file": file, **theirs}
+        w0 = matrices()
+        moved = lambda ws: [w - a for w, a in zip(ws, w0)]  # noqa: E731  (what the steps changed)
+        print(f"{name} ({file}): max rel diff of the weights, step 1 "
+              f"{max_rel(ours['first'], theirs['first']):.1e}, step {STEPS} "
+              f"{max_rel(ours['final'], theirs['final']):.1e}; of W_t - W_0, step 1 "
+              f"{max_rel(moved(ours['first']), moved(theirs['first'])):.1e}, step {STEPS} "
+              f"{max_rel(moved(ours['final']), moved(theirs['final'])):.1e}")
+    if args.fixture:
+        args.fixture.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"commit": commit, "repo": COMMIT.split("@")[0], "shapes": SHAPES,
+                    "steps": STEPS, "seed": SEED, "lr_factors": LR_FACTORS, "cases": cases},
+                   args.fixture)
+        print(f"fixture written: {args.fixture}")
+
+
+if __name__ == "__main__":
+    main()
