@@ -13,6 +13,10 @@ group["lr"] every step. Names:
                                     MatrixOptimizer) + AdamW backup for vectors
   normuon, adamuon                  Muon + a per-row / per-entry second moment of the
                                     orthogonalized update (post links in optim/muon_variants.py)
+  soap_muon                         SOAP's rotation + Adam normalization of Muon's momentum before
+                                    Newton-Schulz (a precondition link, optim/soap_muon.py)
+  dynmuon                           U Σ^p Vᵀ of Nesterov heavy-ball momentum, p scheduled from
+                                    +1/4 to -1/4 (links in optim/dynmuon.py)
   dion                              rank-r orthonormal update by one power-iteration step with
                                     error feedback (optim/dion.py)
   adam adams adamq adamz            spectral family (arXiv 2602.04669): Psi_p, p = 1, 1/2, 1/4, 0,
@@ -45,6 +49,8 @@ from optim.params import (decay_groups, describe_roles, log_split, named_params,
                           role_groups, shape_groups, split_params, summarize)
 from optim import capability
 from optim.muon_variants import adamuon_post, normuon_post, sign_momentum
+from optim.dynmuon import dynmuon_momentum, dynmuon_transform
+from optim.soap_muon import soap_momentum
 from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
 from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball, namo_d_step,
                          namo_step, newton_schulz_dtype, ns_result_dtype, orthogonalize_transform,
@@ -234,6 +240,12 @@ registry["normuon"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform
                                            result_dtype=ns_result_dtype, post=normuon_post), "none")
 registry["adamuon"] = _chain_builder(Chain(sign_momentum, orthogonalize_transform, fixed_step,
                                            result_dtype=ns_result_dtype, post=adamuon_post), "none")
+# Track 3 result #44's SOAP-Muon: SOAP precondition link, then Muon's orthogonalization
+registry["soap_muon"] = _chain_builder(Chain(soap_momentum, orthogonalize_transform, fixed_step,
+                                             result_dtype=ns_result_dtype), "original")
+# Track 3 result #28's DynMuon: Psi_p at a scheduled p (negative included) by its Taylor kernel
+registry["dynmuon"] = _chain_builder(Chain(dynmuon_momentum, dynmuon_transform, fixed_step),
+                                     "original")
 # Dion: rank-r power iteration with error feedback in the post link (optim/dion.py)
 registry["dion"] = _chain_builder(Chain(dion_momentum, identity_transform, dion_step,
                                         identity=always, post=dion_post), "none")
