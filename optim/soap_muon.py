@@ -58,6 +58,11 @@ def refresh_bases(row_gg, col_gg, q_row, q_col, exp_avg_sq):
     return q_row, q_col, exp_avg_sq
 
 
+def _float(X: Tensor) -> Tensor:
+    """X in float32 at least (the record's .float(); float64 stays float64)."""
+    return X.to(torch.promote_types(X.dtype, torch.float32))
+
+
 def soap_momentum(group, grads, states, out):
     """Muon's (Nesterov) momentum, rotated, normalized and rotated back by SOAP (module doc);
     then the statistics take this step's gradient."""
@@ -67,13 +72,13 @@ def soap_momentum(group, grads, states, out):
     for g, s, x in zip(grads, states, out):
         k, m, n = g.shape
         if "q_row" in s:
-            U = x.float()
+            U = _float(x)
             P = s["q_row"].mT @ U @ s["q_col"]
             s["exp_avg_sq"].mul_(b2).add_(P.square(), alpha=1 - b2)   # the record's ops
             S = s["q_row"] @ (P / s["exp_avg_sq"].clamp_min(eps * eps).sqrt()) @ s["q_col"].mT
             S.mul_(schatten4(U, eps) / schatten4(S, eps))
             x.copy_(S)
-        G = g.float()
+        G = _float(g)
         row = _zeros([s], "row_gg", [(k, m, m)], G)[0]
         col = _zeros([s], "col_gg", [(k, n, n)], G)[0]
         row.lerp_(G @ G.mT, 1 - beta)

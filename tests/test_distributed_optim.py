@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (96, 32) weight split into three (32, 32) matrices that straddle the two ranks' rows.
 SHAPES = [(48, 32), (48, 32), (48, 32), (32, 80), (32, 32), (32, 32), (96, 32)]
 STACKS = {(48, 32): 3, (32, 80): 1, (32, 32): 5}
-NAMES = ["muon", "namo", "namo_d", "muon_svd", "adamq"]
+NAMES = ["muon", "namo", "namo_d", "muon_svd", "adamq", "soap_muon", "dynmuon"]
 
 
 def quiet(*args, **kwargs):
