@@ -161,7 +161,7 @@ def _state_rows(opt) -> int:
 
 
 def _zero_matrix_state(rank, world, tmp):
-    for name in ("muon", "namo_d"):
+    for name in ("muon", "namo_d", "soap_muon", "dynmuon"):
         model, ref = Matrices(), Matrices()
         opt = build_optimizer(model, config(name), log=quiet, zero=True)
         ref_opt = build_optimizer(ref, config(name, distributed=False), log=quiet)
