@@ -11,6 +11,7 @@ it. Adding one takes the field here (with its check in __post_init__) and the YA
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +28,7 @@ CHOICES = {"decay_style": ("adaptive", "decoupled"),
            "ns": ("newton_schulz", "cubic", "svd", "polar_express", "gram"),
            "scale": (None, "moonlight", "original", "none"),
            "ns_dtype": ("auto", *NS_DTYPES),
+           "ns_norm": ("frobenius", "schatten4"),
            "route": ("patterns", "all_2d")}
 
 
@@ -92,7 +94,8 @@ class OptimizerConfig:
     momentum: float = 0.95
     nesterov: bool = True
     mu2: float = 0.99                    # second-moment decay: NAMO (of the gradient norm), NorMuon
-                                         # (per row of O), AdaMuon (per entry of O)
+                                         # (per row of O), AdaMuon (per entry of O), soap_muon (per
+                                         # entry of the rotated momentum)
     clamp_c: float = 0.1                 # NAMO-D: per-column scales clamped to [c, 1/c] x mean; 0: no clamp
     decay_style: str = "adaptive"        # NAMO: adaptive | decoupled
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
@@ -103,8 +106,22 @@ class OptimizerConfig:
     ns_eps: float = 1e-7                 # Newton-Schulz starts from X / (||X||_F + ns_eps)
     ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPU, fp32 on CPU)
                                          # | bfloat16 | float32 | float16
+    ns_norm: str = "frobenius"           # Newton-Schulz's starting scale: frobenius (X / ||X||_F)
+                                         # | schatten4 (X / ||X Xᵀ||_F^(1/2): soap_muon's record)
     power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
+    # soap_muon (optim/soap_muon.py): SOAP's rotation of the momentum before Newton-Schulz
+    shampoo_beta: float = 0.95           # EMA of the row / column statistics G Gᵀ, Gᵀ G
+    precondition_frequency: int = 10     # eigenbases refreshed (one QR power step) every k steps
+    soap_eps: float = 1e-8               # floor of sqrt(v) in the rotated basis
+    # dynmuon (optim/dynmuon.py): U Σ^p Vᵀ with p moving from power_start to power_end on a
+    # sigmoid centred at power_tau x power_steps, of width power_width x power_steps
+    grad_divisor: float = 1.0            # the gradient is divided by it first (Ψ_p is not scale-free)
+    power_start: float = 0.25
+    power_end: float = -0.25
+    power_tau: float = 0.04
+    power_width: float = 0.04
+    power_steps: int = 3200              # the record's train_steps: q = (step - 1) / power_steps
     rank: Optional[int] = None           # muon_svd: keep the top-r singular directions; dion: its rank
     rank_fraction: float = 1.0           # dion without rank: r = ceil(fraction x min(m, n))
     distributed: bool = True             # torchrun: each rank transforms its share of the matrices
@@ -138,6 +155,19 @@ class OptimizerConfig:
             bad("clamp_c", "must be in [0, 1] (0: no clamp)")
         if self.power is not None and self.power not in POWERS:
             bad("power", "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
+        if not 0 <= self.shampoo_beta < 1:
+            bad("shampoo_beta", "must be in [0, 1)")
+        for key in ("precondition_frequency", "power_steps"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "must be an integer >= 1")
+        for key in ("grad_divisor", "power_width", "soap_eps"):
+            if not getattr(self, key) > 0:
+                bad(key, "must be positive")
+        for key in ("power_start", "power_end"):
+            if not -1 <= getattr(self, key) <= 1:
+                bad(key, "must be in [-1, 1] (the exponent p of U Σ^p Vᵀ)")
+        if not math.isfinite(self.power_tau):
+            bad("power_tau", "must be a finite number (the sigmoid's centre, a fraction of power_steps)")
         if self.rank is not None and self.rank < 1:
             bad("rank", "must be >= 1 (or null: full rank)")
         if not 0 < self.rank_fraction <= 1:

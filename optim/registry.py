@@ -16,6 +16,10 @@ group["lr"] every step. Names:
   muonh, adamh, normuonh            Track 3's hyperball results #5, #4, #8: Muon's, Adam's,
                                     NorMuonH's update applied by the hyperball step (every hidden
                                     matrix keeps its Frobenius norm; optim/rules.py hyperball_apply)
+  soap_muon                         SOAP's rotation + Adam normalization of Muon's momentum before
+                                    Newton-Schulz (a precondition link, optim/soap_muon.py)
+  dynmuon                           U Σ^p Vᵀ of Nesterov heavy-ball momentum, p scheduled from
+                                    +1/4 to -1/4 (links in optim/dynmuon.py)
   dion                              rank-r orthonormal update by one power-iteration step with
                                     error feedback (optim/dion.py)
   adam adams adamq adamz            spectral family (arXiv 2602.04669): Psi_p, p = 1, 1/2, 1/4, 0,
@@ -48,6 +52,8 @@ from optim.params import (decay_groups, describe_roles, log_split, named_params,
                           role_groups, shape_groups, split_params, summarize)
 from optim import capability
 from optim.muon_variants import adamuon_post, normuon_post, normuonh_post, sign_momentum
+from optim.dynmuon import dynmuon_momentum, dynmuon_transform
+from optim.soap_muon import soap_momentum
 from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
 from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball,
                          hyperball_apply, hyperball_step, namo_d_step, namo_step,
@@ -255,13 +261,19 @@ for name, step_size in (("muon", fixed_step), ("namo", namo_step), ("namo_d", na
     registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size,
                                           result_dtype=ns_result_dtype), "moonlight")
 # optimizer.uw_floor: its u = shape scale x D needs a fixed step size and an orthogonal D
-UW_FLOOR_NAMES.update(("muon", "normuon", "adamuon", "track3_baseline", "muon_svd", "adamz",
+UW_FLOOR_NAMES.update(("muon", "normuon", "adamuon", "track3_baseline", "muon_svd", "adamz", "soap_muon",
                        "msgdz"))
 # Muon variants: a post link after the transform rescales O; RMS aligned there, so no shape scale
 registry["normuon"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, fixed_step,
                                            result_dtype=ns_result_dtype, post=normuon_post), "none")
 registry["adamuon"] = _chain_builder(Chain(sign_momentum, orthogonalize_transform, fixed_step,
                                            result_dtype=ns_result_dtype, post=adamuon_post), "none")
+# Track 3 result #44's SOAP-Muon: SOAP precondition link, then Muon's orthogonalization
+registry["soap_muon"] = _chain_builder(Chain(soap_momentum, orthogonalize_transform, fixed_step,
+                                             result_dtype=ns_result_dtype), "original")
+# Track 3 result #28's DynMuon: Psi_p at a scheduled p (negative included) by its Taylor kernel
+registry["dynmuon"] = _chain_builder(Chain(dynmuon_momentum, dynmuon_transform, fixed_step),
+                                     "original")
 # Dion: rank-r power iteration with error feedback in the post link (optim/dion.py)
 registry["dion"] = _chain_builder(Chain(dion_momentum, identity_transform, dion_step,
                                         identity=always, post=dion_post), "none")

@@ -108,7 +108,8 @@ def orthogonalize_transform(group, X: Tensor, work=None) -> Tensor:
     """Muon's O: quintic Newton-Schulz on X / ||X||_F, or the exact U Vᵀ with ns=svd."""
     return spectral.orthogonalize(X, method=group["ns"], steps=group["ns_steps"],
                                   dtype=resolve_ns_dtype(group["ns_dtype"], X.device),
-                                  eps=group["ns_eps"], work=work)
+                                  eps=group["ns_eps"], work=work,
+                                  norm=group.get("ns_norm", "frobenius"))
 
 
 def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:

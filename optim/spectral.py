@@ -27,6 +27,16 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather 
 # 12 steps of it. optimizer.ns=cubic.
 CUBIC_COEFFS = (2.0, -1.5, 0.5)
 COEFFS = {"newton_schulz": NS_COEFFS, "cubic": CUBIC_COEFFS}
+# Newton-Schulz's starting scale: X / (||X||_F + eps), or X / max(||X Xᵀ||_F^(1/2), eps) (the
+# Schatten-4 norm, tighter than Frobenius and still >= the top singular value; Track 3's
+# SOAP-Muon record #44 starts from it). optimizer.ns_norm.
+NS_NORMS = ("frobenius", "schatten4")
+
+
+def _schatten4(X: Tensor, eps: float) -> Tensor:
+    """max(||X Xᵀ||_F^(1/2), eps) per matrix of a (..., m, n) stack, on the smaller Gram."""
+    gram = X.mT @ X if X.size(-2) > X.size(-1) else X @ X.mT
+    return gram.norm(dim=(-2, -1), keepdim=True).sqrt().clamp_min(eps)
 
 
 class Workspace:
@@ -47,7 +57,7 @@ class Workspace:
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
                   dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None,
-                  coeffs: tuple = NS_COEFFS) -> Tensor:
+                  coeffs: tuple = NS_COEFFS, norm: str = "frobenius") -> Tensor:
     """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
 
     X0 = G / (||G||_F + eps), then X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular
@@ -57,16 +67,17 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
     Computed in `dtype`. Without `work` the result is a new tensor in G's dtype; with `work`
     every buffer comes from it (nothing allocated per call) and the result, in `dtype`, is one
     of them: valid until the next call on the same workspace. `coeffs`: (a, b, c), the quintic
-    by default (CUBIC_COEFFS: the cubic).
+    by default (CUBIC_COEFFS: the cubic). norm="schatten4": X0 = G / max(||G Gᵀ||_F^(1/2), eps).
     """
     if work is not None:
-        return _newton_schulz_in(work, G, steps, eps, dtype, coeffs)
+        return _newton_schulz_in(work, G, steps, eps, dtype, coeffs, norm)
     a, b, c = coeffs
     tall = G.size(-2) > G.size(-1)
     X = G.to(dtype)
     if tall:
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    X = X / (_schatten4(X, eps) if norm == "schatten4"
+             else X.norm(dim=(-2, -1), keepdim=True) + eps)
     shape = X.shape
     X = X.reshape(-1, *shape[-2:])      # baddbmm wants exactly one batch dim
     for _ in range(steps):
@@ -80,7 +91,8 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
 
 
 def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
-                      dtype: torch.dtype, coeffs: tuple = NS_COEFFS) -> Tensor:
+                      dtype: torch.dtype, coeffs: tuple = NS_COEFFS,
+                      norm: str = "frobenius") -> Tensor:
     """newton_schulz in `work`'s buffers, ping-ponging X between two of them. A tall stack is
     not transposed (that would copy it, twice): its Gram is XᵀX, which bmm reads in place."""
     a, b, c = coeffs
@@ -91,7 +103,10 @@ def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
     Y = work.get("ns_y", G.shape, dtype, device)
     A = work.get("ns_a", (len(G), r, r), dtype, device)
     B = work.get("ns_b", (len(G), r, r), dtype, device)
-    if G.dtype == dtype:       # one pass: X = G / (||G|| + eps)
+    if norm == "schatten4":    # the Gram of the cast values, as without a workspace
+        X.copy_(G)
+        X.div_(_schatten4(X, eps))
+    elif G.dtype == dtype:     # one pass: X = G / (||G|| + eps)
         torch.div(G, G.norm(dim=(-2, -1), keepdim=True) + eps, out=X)
     else:                      # the norm of the cast values, as without a workspace
         X.copy_(G)
@@ -224,14 +239,52 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
 
 def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
                   dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7,
-                  work: Workspace | None = None) -> Tensor:
-    """Polar factor of G: approximately by Newton-Schulz (in `work`: see newton_schulz), or
-    exactly (method='svd')."""
+                  work: Workspace | None = None, norm: str = "frobenius") -> Tensor:
+    """Polar factor of G: approximately by Newton-Schulz (in `work`: see newton_schulz; `norm`:
+    its starting scale), or exactly (method='svd')."""
     if method in COEFFS:             # the quintic, or the cubic (ns=cubic)
-        return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work, coeffs=COEFFS[method])
+        return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work, coeffs=COEFFS[method],
+                             norm=norm)
     if method == "svd":
         return polar_svd(G)
     if method in polar.METHODS:      # optim/polar.py: Polar Express, Gram Newton-Schulz
         return polar.orthogonalize(G, method, steps, dtype=dtype, eps=eps)
     raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "
                     "polar_express, gram, cubic, newton_schulz or svd")
+
+
+def taylor_power(X: Tensor, p: float, polar, eps: float = 1e-7) -> Tensor:
+    """DynMuon's U Σ^p Vᵀ for any real p, negative included (Track 3 result #28's fast_spectral,
+    order 2; arXiv 2605.17109): with Xn = X / (||X||_F + eps) = U Σn Vᵀ on the wide side,
+        A = Xn Xnᵀ,  E = A - I,  δ = p / 2,  C = I + δ E + δ(δ - 1)/2 E²  (A^δ to second order
+        about I),  result = (||X||_F + eps)^p C polar(Xn),
+    i.e. U diag(c(Σn²)) Vᵀ (||X||_F + eps)^p with c the quadratic, for an exact polar factor.
+    The Taylor series is about A = I while Σn² sums to 1, so it is DynMuon's kernel, not the
+    exact power (spectral_power with method="svd" is that). `polar`: the polar factor of a
+    stack (the record: Muon's Newton-Schulz). p = 0 returns polar(Xn) itself, as the record
+    does. Computed in float32 at least, returned in X's dtype."""
+    dtype = torch.promote_types(X.dtype, torch.float32)
+    Y = X.to(dtype)
+    wide = Y.mT if Y.size(-2) > Y.size(-1) else Y        # the smaller Gram: Xn Xnᵀ
+    scale = wide.norm(dim=(-2, -1), keepdim=True) + eps
+    Xn = wide / scale
+    P = polar(Xn).to(dtype)
+    if abs(p) < 1e-12:
+        out = P
+    else:
+        A = Xn @ Xn.mT
+        E = A - torch.eye(A.size(-1), dtype=dtype, device=A.device)
+        delta = 0.5 * p
+        C = E * delta + (E @ E) * (0.5 * delta * (delta - 1.0))
+        C.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        out = (C @ P) * scale.pow(p)
+    return (out.mT if wide is not Y else out).to(X.dtype)
+
+
+def exact_power(X: Tensor, p: float) -> Tensor:
+    """U Σ^p Vᵀ for any real p by the SVD (the float64 reference of DynMuon's kernel); singular
+    values below a relative 1e-7 count as zero and map to zero (so negative p stays finite)."""
+    U, S, Vh = _svd(X)
+    keep = S > 1e-7 * S.amax(dim=-1, keepdim=True)
+    Sp = torch.where(keep, S.clamp_min(1e-300).pow(p), 0)
+    return ((U * Sp.unsqueeze(-2)) @ Vh).to(X.dtype)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (96, 32) weight split into three (32, 32) matrices that straddle the two ranks' rows.
 SHAPES = [(48, 32), (48, 32), (48, 32), (32, 80), (32, 32), (32, 32), (96, 32)]
 STACKS = {(48, 32): 3, (32, 80): 1, (32, 32): 5}
-NAMES = ["muon", "namo", "namo_d", "muon_svd", "adamq"]
+NAMES = ["muon", "namo", "namo_d", "muon_svd", "adamq", "soap_muon", "dynmuon"]
 
 
 def quiet(*args, **kwargs):
@@ -163,7 +163,7 @@ def _state_rows(opt) -> int:
 
 
 def _zero_matrix_state(rank, world, tmp):
-    for name in ("muon", "namo_d", "normuonh"):
+    for name in ("muon", "namo_d", "normuonh", "soap_muon", "dynmuon"):
         model, ref = Matrices(), Matrices()
         opt = build_optimizer(model, config(name), log=quiet, zero=True)
         ref_opt = build_optimizer(ref, config(name, distributed=False), log=quiet)

@@ -274,7 +274,7 @@ def assert_resumes_exactly(cfg, edit_saved=lambda saved: None):
 
 
 @pytest.mark.parametrize("name", ["muon", "namo", "namo_d", "adamq", "msgds", "muon_svd",
-                                  "shampoo", "soap", "adamw"])
+                                  "shampoo", "soap", "adamw", "soap_muon", "dynmuon"])
 def test_state_dict_round_trip(name):
     cfg = to_object(load_config([f"optimizer={name}", "optimizer.split_qkv=true"])).optimizer
     cfg.lr = min(cfg.lr, 0.02)
