@@ -62,6 +62,8 @@ def canonical(overrides: list[str]) -> list[str]:
 
 
 def hydra_value(v) -> str:
+    if v is None:
+        return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
@@ -93,8 +95,12 @@ class Point:
 
 
 def curve_label(optimizer: str, grid: dict) -> str:
-    return " ".join([optimizer] + [f"{k.rsplit('.', 1)[-1]}={hydra_value(v)}"
-                                   for k, v in sorted(grid.items())])
+    """'muon ns=polar_express': each key by its last part, or without `optimizer.` where two
+    keys share a last part (roles.embed.lr=null roles.head.lr=null)."""
+    last = [k.rsplit(".", 1)[-1] for k in grid]
+    name = {k: (k.removeprefix("optimizer.") if last.count(k.rsplit(".", 1)[-1]) > 1
+                else k.rsplit(".", 1)[-1]) for k in grid}
+    return " ".join([optimizer] + [f"{name[k]}={hydra_value(v)}" for k, v in sorted(grid.items())])
 
 
 def make_run_id(optimizer: str, lr: float, seed: int, grid: dict, overrides: list[str]) -> str:
