@@ -29,6 +29,7 @@ CHOICES = {"decay_style": ("adaptive", "decoupled"),
            "scale": (None, "moonlight", "original", "none"),
            "ns_dtype": ("auto", *NS_DTYPES),
            "ns_norm": ("frobenius", "schatten4"),
+           "scale_rule": ("paper", "released"),
            "route": ("patterns", "all_2d")}
 
 
@@ -104,10 +105,15 @@ class OptimizerConfig:
                                          # | gram (optim/polar.py)
     ns_steps: int = 5
     ns_eps: float = 1e-7                 # Newton-Schulz starts from X / (||X||_F + ns_eps)
-    ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPU, fp32 on CPU)
+    ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPUs and on CPUs
+                                         # with AVX512-BF16/AMX, else fp32; optim/capability.py)
                                          # | bfloat16 | float32 | float16
     ns_norm: str = "frobenius"           # Newton-Schulz's starting scale: frobenius (X / ||X||_F)
                                          # | schatten4 (X / ||X Xᵀ||_F^(1/2): soap_muon's record)
+    # NorMuon's step size (optim/muon_variants.py): paper (Algorithm 1: update RMS 0.2, what the
+    # committed studies ran) | released (zichongli5/NorMuon's normuon.py: keep ||O||_F, times
+    # sqrt(max(1, m/n))). Read by normuon only; another name with `released` is an error.
+    scale_rule: str = "paper"
     power: Optional[float] = None        # spectral family: p in {1, 1/2, 1/4, 0}; None = the name's
     coupled_steps: int = 15              # coupled Newton-Schulz iterations for p in {1/2, 1/4}
     # soap_muon (optim/soap_muon.py): SOAP's rotation of the momentum before Newton-Schulz
@@ -124,6 +130,10 @@ class OptimizerConfig:
     power_steps: int = 3200              # the record's train_steps: q = (step - 1) / power_steps
     rank: Optional[int] = None           # muon_svd: keep the top-r singular directions; dion: its rank
     rank_fraction: float = 1.0           # dion without rank: r = ceil(fraction x min(m, n))
+    # dion: run the power iteration on Xᵀ of a wide matrix (m < n), as microsoft/dion's
+    # dion_reference.py (and dion.py) do; false: never transpose, as its dion_simple.py (and every
+    # committed study) does. optim/dion.py.
+    dion_transpose: bool = False
     distributed: bool = True             # torchrun: each rank transforms its share of the matrices
     split_qkv: bool = False              # treat packed q, k, v as three matrices
     qkv_patterns: List[str] = field(default_factory=lambda: ["*c_attn.weight"])  # what is packed
@@ -203,6 +213,11 @@ class OptimizerConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {', '.join(str(a) for a in allowed)}")
+        if self.scale_rule != "paper" and self.name != "normuon":
+            bad("scale_rule", f"is NorMuon's step-size rule; optimizer.name={self.name} has "
+                              f"none (leave it at paper)")
+        if self.dion_transpose and self.name != "dion":
+            bad("dion_transpose", f"is Dion's; optimizer.name={self.name} does not read it")
         for key in ("momentum", "mu2"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")

@@ -16,6 +16,13 @@ span(P) is kept in M whole. Q starts as one fixed orthonormal n x r matrix per s
 Gaussian's QR; the paper starts from a random one): the same on every rank and for every matrix,
 so 2 ranks (ZeRO-1 included) compute what one process does.
 
+Wide matrices (m < n, GPT-2's mlp.c_proj 768 x 3072): by default the step runs on X as it is, as
+microsoft/dion's dion_simple.py does (and every committed study). Its dion_reference.py and
+dion.py transpose them (the power iteration on Xᵀ, so the exact QR lands on the long side and
+Q is m x r): optimizer.dion_transpose=true does that. Both reach B's polar factor as the power
+iteration converges; they differ while it has not (configs/optimizer/dion.yaml gives the
+measured size on mlp.c_proj's shape).
+
 The transform is the identity (nothing for the ranks to share: Dion's work is the r-column
 products) and the power-iteration step is the chain's `post` link, on the whole stack with each
 matrix's state. The rank: optimizer.rank (r), else ceil(optimizer.rank_fraction x min(m, n)),
@@ -62,8 +69,19 @@ def initial_q(n: int, r: int, like: Tensor) -> Tensor:
     return q.to(dtype=like.dtype, device=like.device)
 
 
+def transposed(group) -> bool:
+    """optimizer.dion_transpose on a wide matrix (m < n): dion_reference.py's is_transposed."""
+    m, n = group["matrix_shape"]   # .get: groups of checkpoints from before the option
+    return bool(group.get("dion_transpose", False)) and m < n
+
+
 def dion_post(group, B: Tensor, states: list[dict], blocks: list[int]) -> Tensor:
-    """One power-iteration step on the stack B (S, m, n): D = P Qᵀ, momentum and Q updated."""
+    """One power-iteration step on the stack B (S, m, n): D = P Qᵀ, momentum and Q updated.
+    Transposed (optimizer.dion_transpose, m < n): the same step on Bᵀ (Q is m x r, P n x r),
+    the feedback and D transposed back; the momentum keeps the parameter's layout."""
+    flip = transposed(group)
+    if flip:
+        B = B.transpose(-2, -1)
     n, r = B.shape[-1], dion_rank(group)
     for s, k in zip(states, blocks):
         if "right_factor" not in s:
@@ -72,10 +90,13 @@ def dion_post(group, B: Tensor, states: list[dict], blocks: list[int]) -> Tensor
     P = torch.linalg.qr(B @ Q).Q                                               # (S, m, r)
     R = B.transpose(-2, -1) @ P                                                # (S, n, r)
     fed_back = B - (1 - group["momentum"]) * (P @ R.transpose(-2, -1))
+    if flip:
+        fed_back = fed_back.transpose(-2, -1)
     torch._foreach_copy_([s["momentum_buffer"] for s in states], list(fed_back.split(blocks)))
     Q = R / torch.linalg.vector_norm(R, dim=-2, keepdim=True).clamp_min(1e-30)
     torch._foreach_copy_([s["right_factor"] for s in states], list(Q.split(blocks)))
-    return P @ Q.transpose(-2, -1)
+    D = P @ Q.transpose(-2, -1)
+    return D.transpose(-2, -1) if flip else D
 
 
 def dion_step(group, grads, X, states):

@@ -13,6 +13,14 @@ output neurons):
     v_t = mu2 v_{t-1} + (1 - mu2) mean_cols(O_t ⊙ O_t)            (one number per row)
     Ô_t = O_t / (sqrt(v_t) + eps)   (v_t broadcast along the row)
     W_t = W_{t-1} - lr wd W_{t-1} - lr (0.2 sqrt(m n) / ||Ô_t||_F) Ô_t
+That is optimizer.scale_rule=paper (the default; every committed study ran it). The released
+code (zichongli5/NorMuon, normuon.py) steps instead by
+    W_t = W_{t-1} - lr wd W_{t-1} - lr sqrt(max(1, m/n)) (||O_t||_F / (||Ô_t||_F + eps)) Ô_t
+(optimizer.scale_rule=released; its eps is 1e-10 in both places: optimizer.eps=1e-10): the
+update keeps O's Frobenius norm (about sqrt(min(m, n)) for an orthogonalized O) and takes Keller
+Jordan's Muon scale. At equal lr the paper's step is 0.2 sqrt(max(m, n)) / sqrt(max(1, m/n))
+times the released one for an exactly orthogonal O (configs/optimizer/normuon.yaml measures it
+on GPT-2's shapes), so the two rules want lrs about that factor apart.
 AdaMuon (Si, Zhang, Shen, arXiv 2507.11005, Algorithm 1 of v2/v3), per matrix:
     M_t = mu M_{t-1} + (1 - mu) G_t,   O_t = NS(Sign(M_t))        (sign-stabilized)
     V_t = mu2 V_{t-1} + (1 - mu2) O_t ⊙ O_t                        (one number per entry)
@@ -54,14 +62,27 @@ def rms_aligned(U: Tensor) -> Tensor:
     return U * (UPDATE_RMS * math.sqrt(m * n) / norm.clamp_min(1e-30))
 
 
+def norm_kept(O: Tensor, U: Tensor, eps: float) -> Tensor:
+    """NorMuon's released step (normuon.py's normuon_update): U ||O||_F / (||U||_F + eps) per
+    matrix of the (S, m, n) stack, times sqrt(max(1, m / n)) (Keller Jordan's Muon scale)."""
+    m, n = U.shape[-2:]
+    ratio = (torch.linalg.vector_norm(O, dim=(-2, -1), keepdim=True)
+             / (torch.linalg.vector_norm(U, dim=(-2, -1), keepdim=True) + eps))
+    return U * (ratio * math.sqrt(max(1.0, m / n)))
+
+
 def normuon_post(group, D: Tensor, states: list[dict], blocks: list[int]) -> Tensor:
     """NorMuon: per-row second moment v of O (state "row_second_moment", (k, m, 1) per
-    parameter), Ô = O / (sqrt(v) + eps), RMS aligned to 0.2."""
+    parameter), Ô = O / (sqrt(v) + eps), then the step size of optimizer.scale_rule: paper (RMS
+    aligned to 0.2) or released (||O||_F kept, times sqrt(max(1, m/n)); norm_kept)."""
     O = _float(D)
     row_sq = O.square().mean(dim=-1, keepdim=True)                              # (S, m, 1)
     v = _zeros(states, "row_second_moment", [(k, *row_sq.shape[1:]) for k in blocks], row_sq)
     torch._foreach_lerp_(v, list(row_sq.split(blocks)), 1 - group["mu2"])
-    return rms_aligned(O / (torch.cat(v).sqrt() + group["eps"]))
+    U = O / (torch.cat(v).sqrt() + group["eps"])
+    # .get: a checkpoint saved before scale_rule existed resumes with its param groups
+    released = group.get("scale_rule", "paper") == "released"
+    return norm_kept(O, U, group["eps"]) if released else rms_aligned(U)
 
 
 def adamuon_post(group, D: Tensor, states: list[dict], blocks: list[int]) -> Tensor:

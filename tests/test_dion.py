@@ -58,6 +58,47 @@ def test_dion_equals_float64_algorithm(shape, rank):
                                rtol=1e-10, atol=1e-10)
 
 
+def reference_transposed(W, grads, lr, mu, wd, r):
+    """microsoft/dion's dion_reference.py (dion_update with transpose=True, one power iteration,
+    exact QR) in float64, one wide matrix: the power iteration runs on Mᵀ, Q is m x r."""
+    W = W.double().clone()
+    m, n = W.shape
+    M = torch.zeros_like(W)
+    Q = initial_q(m, r, W)
+    for G in grads:
+        M = M + G.double()
+        P = torch.linalg.qr(M.T @ Q).Q                  # power_iteration(M.T, Q): n x r
+        R = M.T.T @ P                                   # B.T @ P with B = M.T: m x r
+        M = M - (1 - mu) * R @ P.T                      # the transposed error feedback
+        Q = R / R.norm(dim=0, keepdim=True)
+        W = (1 - lr * wd) * W - math.sqrt(m / n) * lr * Q @ P.T
+    return W, M
+
+
+@pytest.mark.parametrize("shape,rank", [((16, 40), None), ((16, 40), 4), ((24, 16), 5)])
+def test_dion_transpose_equals_float64_reference(shape, rank):
+    """optimizer.dion_transpose=true: a wide matrix follows dion_reference.py's transposed step
+    (and differs from the untransposed one); a tall one is not transposed (Algorithm 1)."""
+    model = Matrices([shape], seed=2).double()
+    W0 = model.w[0].detach().clone()
+    cfg = OptimizerConfig(name="dion", lr=0.02, momentum=0.9, weight_decay=0.1, rank=rank,
+                          dion_transpose=True, vector_patterns=[])
+    opt = build_optimizer(model, cfg, log=quiet)
+    g = torch.Generator().manual_seed(3)
+    grads = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4)]
+    for G in grads:
+        model.w[0].grad = G.clone()
+        opt.step()
+    r = rank or min(shape)
+    wide = shape[0] < shape[1]
+    want_W, want_M = (reference_transposed if wide else reference)(W0, grads, 0.02, 0.9, 0.1, r)
+    torch.testing.assert_close(model.w[0].detach(), want_W, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(opt.state[model.w[0]]["momentum_buffer"].view(shape), want_M,
+                               rtol=1e-10, atol=1e-10)
+    plain_W, _ = reference(W0, grads, 0.02, 0.9, 0.1, r)
+    assert ((plain_W - want_W).norm() > 1e-3 * (want_W - W0).norm()) == wide
+
+
 def test_full_rank_dion_is_the_polar_factor_with_plain_momentum():
     """At full rank the feedback leaves mu B in the momentum, and with Q at B's right singular
     vectors the update is exactly U Vᵀ (the SVD's polar factor)."""

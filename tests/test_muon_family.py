@@ -315,6 +315,76 @@ def test_variant_newton_schulz_float32_matches_reference(name, tol, steps):
         assert rel(p.detach().double() - w.double(), ref - w.double()) < tol
 
 
+def normuon_released_reference(shapes, grads, w, lr, wd, mu, mu2, eps, orth):
+    """zichongli5/NorMuon's normuon.py (normuon_update + SingleDeviceNorMuon.step, Nesterov) in
+    float64, line by line: the orthogonalized O keeps its Frobenius norm after the per-row
+    normalization and is scaled by sqrt(max(1, m/n)); eps in both places."""
+    w = [x.double().clone() for x in w]
+    M = [torch.zeros(s, dtype=torch.float64) for s in shapes]
+    v = [torch.zeros(s[0], 1, dtype=torch.float64) for s in shapes]
+    for step_grads in grads:
+        for i, (m, n) in enumerate(shapes):
+            grad = step_grads[i].double().clone()
+            M[i].lerp_(grad, 1 - mu)
+            update = orth(grad.lerp_(M[i], mu))
+            vnorm = update.norm(dim=(-2, -1), keepdim=True)
+            v[i].lerp_(torch.mean(update * update, dim=-1, keepdim=True), 1 - mu2)
+            update = update * (1 / (v[i].sqrt() + eps))
+            update = update * (vnorm / (update.norm(dim=(-2, -1), keepdim=True) + eps))
+            update = update * max(1, m / n) ** 0.5
+            w[i] = w[i] * (1 - lr * wd) - lr * update
+    return w
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_normuon_released_rule_equals_released_code_in_float64(steps):
+    """optimizer.scale_rule=released with ns=svd in float64 against normuon.py's equations (its
+    eps 1e-10, which optimizer.eps sets), on tall, wide and square matrices."""
+    lr, wd, mu, mu2, eps = 0.02, 0.1, 0.95, 0.95, 1e-10
+    model = Matrices(SHAPES, seed=11, dtype=torch.float64)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    cfg = OptimizerConfig(name="normuon", lr=lr, weight_decay=wd, momentum=mu, mu2=mu2, eps=eps,
+                          ns="svd", scale="none", scale_rule="released")
+    grads = random_grads(SHAPES, steps, seed=12, dtype=torch.float64)
+    run(model, build_optimizer(model, cfg, log=quiet), grads)
+    want = normuon_released_reference(SHAPES, grads, w0, lr, wd, mu, mu2, eps, polar64)
+    paper = variant_reference("normuon", SHAPES, grads, w0, lr, wd, mu, mu2, eps, True, polar64)
+    for p, ref, other, w in zip(model.parameters(), want, paper, w0):
+        assert rel(p.detach() - w, ref - w) < 1e-10
+        assert rel(other - w, ref - w) > 0.1      # the paper's rule: a step 1.1-1.8x as long here
+
+
+@pytest.mark.parametrize("shape", [(768, 768), (2304, 768), (3072, 768), (768, 3072)])
+def test_normuon_rule_ratio_is_the_documented_factor(shape):
+    """With an exactly orthogonal O (ns=svd), paper step / released step = 0.2 sqrt(max(m, n)) /
+    sqrt(max(1, m/n)) whatever v holds (both rescale the same Ô): 5.54 on GPT-2's 768 x 768,
+    2304 x 768 and 3072 x 768, 11.09 on mlp.c_proj's 768 x 3072 (the figures of
+    configs/optimizer/normuon.yaml)."""
+    m, n = shape
+    steps = {}
+    for rule in ("paper", "released"):
+        model = Matrices([shape], seed=13, dtype=torch.float64)
+        w0 = model.ws[0].detach().clone()
+        cfg = OptimizerConfig(name="normuon", lr=1.0, weight_decay=0.0, eps=1e-10, ns="svd",
+                              scale_rule=rule)
+        run(model, build_optimizer(model, cfg, log=quiet),
+            random_grads([shape], 2, seed=14, dtype=torch.float64))
+        steps[rule] = (model.ws[0].detach() - w0).norm().item()
+    want = 0.2 * math.sqrt(max(m, n)) / math.sqrt(max(1.0, m / n))
+    assert steps["paper"] / steps["released"] == pytest.approx(want, rel=1e-9)
+    assert round(want, 2) == {(768, 3072): 11.09}.get(shape, 5.54)
+
+
+def test_scale_rule_is_checked():
+    from configs.errors import UserError
+    with pytest.raises(UserError, match="scale_rule=both must be one of paper, released"):
+        OptimizerConfig(name="normuon", scale_rule="both")
+    with pytest.raises(UserError, match="scale_rule=released is NorMuon's"):
+        OptimizerConfig(name="muon", scale_rule="released")
+    with pytest.raises(UserError, match="dion_transpose=True is Dion's"):
+        OptimizerConfig(name="muon", dion_transpose=True)
+
+
 def test_normuon_matches_pytorch_optimizer():
     """pytorch-optimizer's NorMuon with the paper's RMS scaling (update_scale="match_rms"; its
     default preserve_norm keeps ||O||): the same update up to its Newton-Schulz's rounding."""
@@ -388,10 +458,10 @@ def test_variant_state_round_trip(name):
 
 # ---- 4. 2 ranks == 1 process, ZeRO-1 too -----------------------------------------------------
 
-VARIANTS = [("normuon", {}), ("adamuon", {}), ("muon", {"ns": "polar_express"}),
+VARIANTS = [("normuon", {}), ("normuon", {"scale_rule": "released"}), ("adamuon", {}), ("muon", {"ns": "polar_express"}),
             ("muon", {"ns": "gram"}), ("muon", {"cautious_wd": True}),
             ("namo_d", {"cautious_wd": True}), ("msgdz", {"ns": "gram"}),
-            ("dion", {}), ("dion", {"rank": 3}),
+            ("dion", {}), ("dion", {"rank": 3}), ("dion", {"rank": 3, "dion_transpose": True}),
             ("muonh", {}), ("adamh", {}), ("normuonh", {})]
 
 
