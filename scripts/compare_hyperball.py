@@ -23,6 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+from compare_track3 import OneProcess  # noqa: E402  (torch.distributed for one process)
 
 COMMIT = "KellerJordan/modded-nanogpt@f411b3d346aa52d3504324ca93c230fd84c6c07f"
 RESULTS = "records/track_3_optimization/results/"
@@ -44,22 +46,6 @@ PATCHES = [("X = G.bfloat16()", "X = G.float()"),                     # NS in fl
 SHAPES = [(32, 32), (32, 32), (96, 32), (32, 96)]   # square, tall (per-row v), wide (per-column v)
 STEPS, SEED = 5, 0
 LR_FACTORS = [1 - s / STEPS for s in range(STEPS)]   # their matrices' cooldown_frac 1.0
-
-
-class OneProcess:
-    """torch.distributed for one process: rank 0 of 1; all_gather leaves the tensor as it is."""
-    @staticmethod
-    def get_world_size():
-        return 1
-
-    @staticmethod
-    def get_rank():
-        return 0
-
-    @staticmethod
-    def all_gather(outputs, tensor):
-        if outputs[0] is not tensor:
-            outputs[0].copy_(tensor)
 
 
 def their_code(checkout: Path, name: str) -> str:
