@@ -58,7 +58,9 @@ from trainer.outputs import EXIT_INTERRUPTED
 
 # The fields a report reads: the stored sweep's, unless given on the command line.
 REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
-                 "baseline", "resolve", "grid", "grid_points", "grid_points_by_optimizer")
+                 "baseline", "resolve", "grid", "grid_points", "grid_points_by_optimizer",
+                 "target", "target_sigma", "target_p", "target_loss_per_step", "decide", "tune",
+                 "tune_by_optimizer")
 
 
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:

@@ -122,6 +122,19 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
         "where some run diverged or did not grok ranks behind one where all grokked.",
         stable_when="every run grokked with mean tokens", x_key="tokens", x_label="tokens",
         resolve=50_000.0),
+    # A run's own steps to sweep.target (its first scheduled eval with val/loss <= target):
+    # tunes toward Track 3's score; the entry's score itself is sweeper/track3.py's.
+    dataclasses.replace(
+        GROKKING_STEP, name="steps_to_target", label="steps to target", axis_label="steps to target",
+        bad="did not reach the target", bad_short="not reached",
+        bad_marks="did not reach the target / diverged",
+        definition="Metric: each run's first scheduled evaluation step with val/loss <= "
+                   "sweep.target (steps_to_target), mean ± std over the seeds that reached it "
+                   "(n). A learning rate where some run diverged or did not reach it ranks behind "
+                   "one where all did.",
+        stable_when="every run reached the target with a mean step count",
+        columns=(("reached_at_best", "reached at best lr"), ("reached_all", "reached, all lrs")),
+        series=(Series("val/loss"),), y_label="validation loss", x_scale=None),
 )}
 
 
@@ -178,7 +191,7 @@ class SweepConfig:
     overrides: List[str] = field(default_factory=list)               # train.py overrides of the setup
     target_loss: Optional[float] = None  # tokens-to-target; None = the worst optimizer's best loss
     tolerance: float = 0.05              # stable range: within this of the best (relative for grokking_step)
-    metric: str = "final_val_loss"       # final_val_loss | grokking_step | grokking_tokens
+    metric: str = "final_val_loss"       # final_val_loss | grokking_step | grokking_tokens | steps_to_target
     # Held-out seeds (stage 2): each curve's stage-1 best lr x these seeds (disjoint from
     # `seeds`); the verdicts and speedups use them only. Empty: one stage, scored on `seeds`.
     confirm_seeds: List[int] = field(default_factory=list)
@@ -187,6 +200,24 @@ class SweepConfig:
     baseline: Optional[str] = None       # speedups relative to this optimizer; None: adamw if swept
     baseline_budgets: List[float] = field(default_factory=list)  # the baseline also at these x max_iters
     resolve: Optional[float] = None      # report the seeds that would resolve this difference; None: the metric's
+    # Track 3's rule (sweeper/track3.py): with a target val loss, report.md adds each curve's
+    # steps to it (the earliest scheduled eval step whose mean over the scored seeds passes the
+    # one-sided z-test (target - mean) sqrt(n) >= z(1 - target_p) target_sigma), the pairwise
+    # rule for every pair, and the paired interval on the final loss beside it.
+    target: Optional[float] = None       # e.g. 3.28 (Track 3); None: no Track-3 section
+    target_sigma: float = 0.0013         # Track 3's assumed seed std of the final val loss
+    target_p: float = 0.001              # one-sided p of the z-test (3.09 sigma = 0.004)
+    target_loss_per_step: float = 4.5e-5 # Track 3's exchange rate: 0.0045 nats per 100 steps
+    # Which rule the report's headline rests on: paired (t interval of sweep.metric at the fixed
+    # budget) or track3 (steps to sweep.target); null: track3 for metric=steps_to_target.
+    decide: Optional[str] = None
+    # Tuning beyond the lr, axis by axis (coordinate descent, one round): after a curve's lr is
+    # bracketed at the defaults, each axis' values run at the best point so far, on sweep.seeds;
+    # a value replaces the default only when it beats it by more than sweep.resolve (the
+    # metric's when unset). E.g. [{optimizer.weight_decay: [0.0, 0.05, 0.2]}]. Stage 2 scores the
+    # tuned point. tune_by_optimizer.<name> replaces the axes for one optimizer ([]: tune only its lr).
+    tune: List[Dict[str, List[Any]]] = field(default_factory=list)
+    tune_by_optimizer: Dict[str, List[Dict[str, List[Any]]]] = field(default_factory=dict)
     # How points run: local (train.py processes on this machine, sweep.jobs at once), slurm (a
     # SLURM job each, through submitit: sweeper/slurm.py), local_submitit (submitit's jobs on
     # this machine, sweep.jobs at once: the slurm path without a cluster).
@@ -239,10 +270,47 @@ class SweepConfig:
                             "seeds must be fresh: pick others")
         if self.max_extend < 0:
             raise UserError(f"sweep.max_extend={self.max_extend} must be >= 0 (0: never extend)")
+        if self.target is not None and not math.isfinite(self.target):
+            raise UserError(f"sweep.target={self.target} must be a finite val loss, e.g. 3.28")
+        if not self.target_sigma > 0 or not 0 < self.target_p < 0.5:
+            raise UserError(f"sweep.target_sigma={self.target_sigma} must be > 0 and sweep.target_p="
+                            f"{self.target_p} in (0, 0.5) (Track 3: 0.0013 and 0.001)")
+        if self.decide not in (None, "paired", "track3"):
+            raise UserError(f"sweep.decide={self.decide!r} is not one of paired, track3 (or null)")
+        if self.metric == "steps_to_target" and self.target is None:
+            raise UserError("sweep.metric=steps_to_target needs sweep.target=<val loss> "
+                            "(Track 3: 3.28)")
+        if self.rule == "track3" and self.target is None:
+            raise UserError("Track 3's rule needs a target loss: give sweep.target=<val loss> "
+                            "(Track 3: 3.28), or sweep.decide=paired")
+        unknown = sorted(set(self.tune_by_optimizer) - set(self.optimizers))
+        if unknown:
+            raise UserError(f"sweep.tune_by_optimizer.{unknown[0]}: {unknown[0]} is not in "
+                            f"sweep.optimizers; add it or drop the key")
+        for where, axes in [("sweep.tune", self.tune)] + [
+                (f"sweep.tune_by_optimizer.{o}", v) for o, v in self.tune_by_optimizer.items()]:
+            for axis in axes:
+                if len(axis) != 1 or not list(axis.values())[0]:
+                    raise UserError(f"{where} holds {dict(axis)}: each axis is one key with a "
+                                    "non-empty list of values, e.g. {optimizer.weight_decay: [0.0, 0.1]}")
+                key = next(iter(axis))
+                if key in ("optimizer", "optimizer.lr", "seed") or key in self.grid:
+                    raise UserError(f"{where} tunes {key}, which the sweep already varies; "
+                                    "drop it there")
         bad = [b for b in self.baseline_budgets if not (b > 0 and math.isfinite(b))]
         if bad:
             raise UserError(f"sweep.baseline_budgets holds {bad}; each is a positive multiple of "
                             "train.max_iters, e.g. [0.25,0.5,2]")
+
+    @property
+    def rule(self) -> str:
+        """The rule the headline verdicts rest on: "paired" or "track3"."""
+        return self.decide or ("track3" if self.metric == "steps_to_target" else "paired")
+
+    def tune_axes(self, optimizer: str) -> List[Tuple[str, List[Any]]]:
+        """[(key, values)] tuned for `optimizer` after its lr, in order."""
+        axes = self.tune_by_optimizer.get(optimizer, self.tune)
+        return [next(iter(a.items())) for a in axes]
 
     @property
     def path(self) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -86,8 +86,9 @@ class Point:
     grid: dict           # {override key: value} of the extra axes
     overrides: list      # the setup's and this point's train.py overrides, canonical
     run_id: str
-    stage: str = "1"     # 1 | extend (bracketing) | 2 (held-out seeds) | budget; not in the id
+    stage: str = "1"     # 1 | extend (bracketing) | tune | 2 (held-out seeds) | budget; not in the id
     budget: Optional[float] = None   # stage budget: the baseline's train.max_iters multiple
+    tuned: dict = field(default_factory=dict)   # {key: value} of sweep.tune away from the defaults
 
     @property
     def curve(self) -> str:
@@ -112,13 +113,17 @@ def make_run_id(optimizer: str, lr: float, seed: int, grid: dict, overrides: lis
 
 
 def make_point(opt: str, lr: float, seed: int, grid: dict, setup: list[str],
-               stage: str = "1", extra: tuple = (), budget: Optional[float] = None) -> Point:
-    """The point of (optimizer, lr, seed, grid values) on the setup, `extra` overrides last."""
+               stage: str = "1", extra: tuple = (), budget: Optional[float] = None,
+               tuned: Optional[dict] = None) -> Point:
+    """The point of (optimizer, lr, seed, grid values) on the setup, its tuned values (not in
+    its curve: the same curve, another point of it) and `extra` overrides last."""
+    tuned = dict(tuned or {})
     own = [f"optimizer={opt}", f"optimizer.lr={hydra_value(float(lr))}",
-           f"seed={seed}"] + [f"{k}={hydra_value(v)}" for k, v in grid.items()]
+           f"seed={seed}"] + [f"{k}={hydra_value(v)}" for k, v in {**grid, **tuned}.items()]
     overrides = canonical(setup + own + list(extra))
     return Point(opt, float(lr), int(seed), grid, overrides,
-                 make_run_id(opt, float(lr), seed, grid, overrides), stage, budget)
+                 make_run_id(opt, float(lr), seed, {**grid, **tuned}, overrides), stage, budget,
+                 tuned)
 
 
 def grid_values(cfg: SweepConfig, optimizer: str | None = None) -> list[dict]:

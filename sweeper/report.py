@@ -24,7 +24,8 @@ from trainer.outputs import SUMMARY_FIELDS, Status, read_metrics, write_atomic
 def write_results(d: Path, rows: list[dict]) -> None:
     first = ["run_id", "optimizer", "lr", "seed", "stage"]
     axes = sorted({k for r in rows for k in r["_axes"]})
-    known = set(first + axes + list(SUMMARY_FIELDS)) | {"curve", "error", "_dir", "_axes", "budget"}
+    known = set(first + axes + list(SUMMARY_FIELDS)) | {"curve", "error", "_dir", "_axes", "_tuned",
+                                                         "budget"}
     extra = sorted({k for r in rows for k in r} - known)   # the task's, e.g. grokking_step
     columns = first + axes + list(SUMMARY_FIELDS) + extra + ["error"]
     out = io.StringIO()
@@ -94,15 +95,56 @@ def ranking_table(s: Summary) -> list[str]:
               f"{m.label}{', held-out seeds' if held else ''} (mean ± 95% CI)",
               "stage-1 mean at that lr", "stable lrs", "width (decades)", "best lr"]
     header += [title.format(target=fmt(s.target)) for _, title in m.columns]
+    tuning = any(c.tuning is not None for c in s.curves.values())
+    if tuning:
+        header.insert(3, "tuned (sweep.tune)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, curve in enumerate(s.ranked, 1):
         c = s.curves[curve]
-        b = c.best
+        b = c.chosen
         cells = [str(rank), curve, f"{b.lr:.3g}", score_cell(s, curve),
                  f"{m.format(b.mean, b.std)} (n={len(b.values)})", *stable_cells(c),
                  bracket_cell(s, curve)]
+        if tuning:
+            cells.insert(3, tuned_cell(c))
         cells += [COLUMNS[kind](c, s) for kind, _ in m.columns]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def tuned_cell(c: CurveStats) -> str:
+    if c.tuning is None:
+        return "lr only"
+    parts = [f"{a.key.rsplit('.', 1)[-1]}={a.chosen if a.done else '?'}"
+             + (" (default)" if a.done and a.chosen == a.default else "") for a in c.tuning.axes]
+    return ", ".join(parts) + ("" if c.tuning.complete else " (tuning unfinished)")
+
+
+def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
+    """Each tuned axis' values at the point it was tuned from, and every curve's runs by stage:
+    what its tuning cost."""
+    m = s.metric
+    lines = ["", "## Tuning", "",
+             "Each axis of sweep.tune at the best point so far (best lr, earlier axes' choices), on "
+             "the tuning seeds; a value replaces the default only when better by more than the "
+             "resolve difference (a tie keeps the default). Chosen values in bold.", ""]
+    for curve in s.ranked:
+        c = s.curves[curve]
+        for a in (c.tuning.axes if c.tuning else []):
+            cells = []
+            for v, st in a.per_value:
+                text = "running" if st is None else (m.format(st.mean, st.std) if st.values else "")
+                if st is not None and st.n_bad:
+                    text += f" ({st.n_bad}/{st.n} {m.bad_short})"
+                mark = "**" if a.done and v == a.chosen else ""
+                cells.append(f"{mark}{v}{' (default)' if v == a.default else ''}: {text.strip()}{mark}")
+            lines.append(f"- {curve}, {a.key}: " + "; ".join(cells))
+    stages = sorted({r.get("stage", "1") for r in rows})
+    lines += ["", "Runs per curve and stage (every tuning run counted):", "",
+              "| curve | " + " | ".join(stages) + " | all |", "|" + "---|" * (len(stages) + 2)]
+    for curve in sorted({r["curve"] for r in rows}):
+        n = [sum(r["curve"] == curve and r.get("stage", "1") == st for r in rows) for st in stages]
+        lines.append(f"| {curve} | " + " | ".join(map(str, n)) + f" | {sum(n)} |")
     return lines
 
 
@@ -211,8 +253,13 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
               f"{list(cfg.confirm_seeds)}." if cfg.confirm_seeds else "scored on those seeds."),
               "Runs by stage: " + ", ".join(f"{k} {v}" for k, v in stage_counts(rows).items()), ""]
     lines += ranking_table(s)
+    if cfg.target is not None and s.ranked:
+        from sweeper.report_track3 import section, summarize_track3
+        lines += section(summarize_track3(s, cfg), cfg)
     if len(s.ranked) > 1:
         lines += verdict_lines(s, cfg.resolve if cfg.resolve is not None else s.metric.resolve)
+    if any(c.tuning is not None for c in s.curves.values()):
+        lines += tuning_lines(s, rows)
     lines += speedup_lines(s)
     if s.stats:
         lines += every_lr_table(s)
@@ -382,12 +429,18 @@ def plot_grid_axis(s: Summary, cfg, key: str, path: Path) -> None:
 
 
 def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
-    rows = collect(d)
+    from sweeper.stats import with_targets
+    rows = with_targets(collect(d), cfg)
     write_results(d, rows)
     s = summarize(rows, cfg)
     plot_lr_curves(s, cfg, d / "lr_curves.png")
     plot_best_curves(s, cfg, d / "best_curves.png")
     if (key := grid_axis(cfg)) is not None:
         plot_grid_axis(s, cfg, key, d / "grid_curves.png")
+    if cfg.target is not None and s.ranked:
+        from sweeper.report_track3 import plot_curves, plot_steps, summarize_track3
+        t = summarize_track3(s, cfg)
+        plot_curves(t, cfg, d / "track3_curves.png")
+        plot_steps(t, cfg, d / "steps_to_target.png")
     write_atomic(d / "report.md", report_markdown(rows, cfg, setup, s))
     return s

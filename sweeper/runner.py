@@ -342,10 +342,12 @@ def collect(d: Path) -> list[dict]:
         status, error = run_status(run_dir, summary)
         row = {"run_id": point["run_id"], "curve": curve_label(point["optimizer"], point["grid"]),
                "optimizer": point["optimizer"], "lr": point["lr"], "seed": point["seed"],
-               "stage": point.get("stage", "1"), "budget": point.get("budget"), **point["grid"]}
+               "stage": point.get("stage", "1"), "budget": point.get("budget"), **point["grid"],
+               **point.get("tuned", {})}
         row.update({k: summary.get(k) for k in SUMMARY_FIELDS[1:]}, status=status)
         row.update({k: v for k, v in summary.items() if k not in row and k != "error"
                     and not isinstance(v, (dict, list))})
-        row.update(error=error, _dir=run_dir, _axes=list(point["grid"]))
+        row.update(error=error, _dir=run_dir, _axes=list(point["grid"]) + list(point.get("tuned", {})),
+                   _tuned=point.get("tuned", {}))
         rows.append(row)
     return rows

@@ -110,11 +110,11 @@ def eval_curve(run_dir) -> list:
 def baseline_fit(rows: list, summary, baseline: str) -> tuple[Optional[ScalingFit], list]:
     """L(D) from the baseline's budget runs and its scored runs (budget 1): the mean of the
     summary's column per token budget."""
-    from sweeper.stats import scored_runs
+    from sweeper.stats import same_tuned, scored_runs
 
-    lr, column = summary.scores[baseline].lr, summary.column
+    lr, column, tuned = summary.scores[baseline].lr, summary.column, summary.curves[baseline].tuned
     runs = [r for r in rows if r["curve"] == baseline and r.get("stage") == "budget"
-            and r["lr"] == lr] + scored_runs(rows, baseline, lr)
+            and r["lr"] == lr and same_tuned(r, tuned)] + scored_runs(rows, baseline, lr, tuned)
     by_tokens = {}
     for r in runs:
         if r["status"] == Status.COMPLETED and isinstance(r.get(column), (int, float)):
@@ -131,14 +131,16 @@ def speedups(rows: list, summary, baseline: Optional[str]) -> Optional[Speedups]
 
     if baseline is None or baseline not in summary.scores:
         return None
-    base = {r["seed"]: r for r in scored_runs(rows, baseline, summary.scores[baseline].lr)
+    base = {r["seed"]: r for r in scored_runs(rows, baseline, summary.scores[baseline].lr,
+                                              summary.curves[baseline].tuned)
             if r["status"] == Status.COMPLETED}
     fit, budgets = baseline_fit(rows, summary, baseline)
     out = []
     for curve in summary.ranked:
         if curve == baseline:
             continue
-        runs = {r["seed"]: r for r in scored_runs(rows, curve, summary.scores[curve].lr)
+        runs = {r["seed"]: r for r in scored_runs(rows, curve, summary.scores[curve].lr,
+                                                  summary.curves[curve].tuned)
                 if r["status"] == Status.COMPLETED}
         ratios, effective = {}, {}
         for seed in sorted(set(base) & set(runs)):

@@ -4,8 +4,11 @@
   extend  while a curve's best stage-1 lr is at an end of its grid, one more lr a grid ratio
           beyond that end (x sweep.seeds), at most sweep.max_extend times per curve; an end
           where runs diverged brackets the best like any other;
-  2       each curve's stage-1 best lr (and its grid neighbours with sweep.confirm_neighbours)
-          x sweep.confirm_seeds, fresh seeds that score the chosen lr (sweeper/stats.py);
+  tune    with sweep.tune, each axis' values at the best point so far x sweep.seeds, axis by
+          axis (sweeper/tuning.py);
+  2       each curve's chosen point (best lr and tuned values; with sweep.confirm_neighbours also
+          the grid lrs beside it) x sweep.confirm_seeds, fresh seeds that score it
+          (sweeper/stats.py); a curve whose tuning misses runs waits;
   budget  the baseline at its stage-1 best lr x sweep.baseline_budgets x train.max_iters, on
           the stage-2 seeds (sweep.seeds without a stage 2): the L(D) fit of the speedups.
 
@@ -20,7 +23,7 @@ from sweeper.config import METRICS
 from sweeper.points import Plan, Point, curve_label, grid_values, make_point
 from sweeper.runner import collect
 from sweeper.runner import run_points as local_run_points
-from sweeper.stats import LrStats, baseline_of, chosen_curves, stage1
+from sweeper.stats import LrStats, baseline_of, chosen_curves, stage1, with_targets
 
 
 def extension_lr(per_lr: list[LrStats], best: LrStats, extended: int,
@@ -39,20 +42,26 @@ def extension_lr(per_lr: list[LrStats], best: LrStats, extended: int,
 
 
 def curve_points(plan: Plan, stage: str, lrs_by_curve: dict, seeds: list,
-                 extra: tuple = (), budget: Optional[float] = None) -> list[Point]:
-    """Points of every curve (optimizer and grid values) at its lrs x seeds."""
+                 extra: tuple = (), budget: Optional[float] = None,
+                 tuned_by_curve: Optional[dict] = None) -> list[Point]:
+    """Points of every curve (optimizer and grid values) at its lrs (with its tuned values,
+    each a dict, from tuned_by_curve) x seeds."""
     points = []
     for seed in seeds:
         for opt in plan.grids:
             for grid in grid_values(plan.cfg, opt):
-                for lr in lrs_by_curve.get(curve_label(opt, grid), []):
-                    points.append(make_point(opt, lr, seed, grid, plan.setup, stage, extra, budget))
+                curve = curve_label(opt, grid)
+                for tuned in (tuned_by_curve or {}).get(curve, [{}]):
+                    for lr in lrs_by_curve.get(curve, []):
+                        points.append(make_point(opt, lr, seed, grid, plan.setup, stage, extra,
+                                                 budget, tuned))
     return points
 
 
 def extensions(plan: Plan, rows: list[dict]) -> list[Point]:
     """The next bracketing points, from the finished stage-1 runs."""
     metric = METRICS[plan.cfg.metric]
+    rows = with_targets(rows, plan.cfg)
     curves = chosen_curves(rows, metric, metric.column(stage1(rows)), plan.cfg.tolerance)
     new = {}
     for curve, c in curves.items():
@@ -73,15 +82,30 @@ def confirm_lrs(c, neighbours: bool) -> list[float]:
     return sorted(st.lr for st in picks)
 
 
-def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
-    """Stage 2 and the baseline budgets, from the finished stage-1 runs."""
+def tune_points(plan: Plan, rows: list[dict]) -> list[Point]:
+    """The next tuning points (sweep.tune), from the finished stage-1 and tune runs."""
     cfg = plan.cfg
     metric = METRICS[cfg.metric]
-    curves = chosen_curves(rows, metric, metric.column(stage1(rows)), cfg.tolerance)
+    rows = with_targets(rows, cfg)
+    curves = chosen_curves(rows, metric, metric.column(stage1(rows)), cfg.tolerance, cfg)
+    return curve_points(plan, "tune", {c: [s.best.lr] for c, s in curves.items() if s.tuning},
+                        cfg.seeds, tuned_by_curve={c: s.tuning.pending for c, s in curves.items()
+                                                   if s.tuning})
+
+
+def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
+    """Stage 2 and the baseline budgets, from the finished stage-1 (and tune) runs."""
+    cfg = plan.cfg
+    metric = METRICS[cfg.metric]
+    rows = with_targets(rows, cfg)
+    curves = chosen_curves(rows, metric, metric.column(stage1(rows)), cfg.tolerance, cfg)
+    curves = {c: s for c, s in curves.items() if s.tuning is None or s.tuning.complete}
+    tuned = {c: [s.tuned] for c, s in curves.items()}
     points = []
     if cfg.confirm_seeds:
         points += curve_points(plan, "2", {c: confirm_lrs(s, cfg.confirm_neighbours)
-                                          for c, s in curves.items()}, cfg.confirm_seeds)
+                                          for c, s in curves.items()}, cfg.confirm_seeds,
+                               tuned_by_curve=tuned)
     base = baseline_of(cfg, curves)
     if base is not None and cfg.baseline_budgets and plan.max_iters:
         seeds = cfg.confirm_seeds or cfg.seeds
@@ -89,7 +113,8 @@ def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
             steps = max(1, int(round(b * plan.max_iters)))
             if steps != plan.max_iters:
                 points += curve_points(plan, "budget", {base: [curves[base].best.lr]}, seeds,
-                                       extra=(f"train.max_iters={steps}",), budget=float(b))
+                                       extra=(f"train.max_iters={steps}",), budget=float(b),
+                                       tuned_by_curve=tuned)
     return points
 
 
@@ -110,6 +135,15 @@ def run_stages(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], N
               f"{', '.join(sorted({p.curve for p in new}))}: extending by "
               f"{', '.join(sorted({f'{p.lr:.3g}' for p in new}))}")
         points += new
+    while True:   # sweep.tune, axis by axis
+        new = [p for p in tune_points(plan, collect(d)) if p.run_id not in {q.run_id for q in points}]
+        if not new:
+            break
+        print(f"{plan.cfg.name}: tuning {', '.join(sorted({k for p in new for k in p.tuned}))} "
+              f"for {', '.join(sorted({p.curve for p in new}))}: {len(new)} runs")
+        points += new
+        if not run_points(plan, new, gpus, threads, on_end):
+            return False
     later = later_points(plan, collect(d))
     if later:
         seen = {p.run_id for p in points}

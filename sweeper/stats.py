@@ -59,11 +59,22 @@ class Reach:
 
 @dataclass
 class CurveStats:
-    """A curve with at least one value: its lrs, best lr and stable range."""
+    """A curve with at least one value: its lrs, best lr and stable range (at the defaults), and
+    with sweep.tune the values tuned at that lr (sweeper/tuning.py)."""
     per_lr: List[LrStats]          # ascending lr
     best: LrStats
     stable: List[LrStats]          # contiguous around the best; empty when the best had bad runs
     to_target: Optional[Reach] = None
+    tuning: Optional[object] = None   # sweeper/tuning.py's Tuning
+
+    @property
+    def tuned(self) -> dict:
+        return self.tuning.tuned if self.tuning is not None else {}
+
+    @property
+    def chosen(self) -> LrStats:
+        """The stage-1 stats of the chosen point: the best lr with the tuned values."""
+        return self.tuning.best if self.tuning is not None else self.best
 
     @property
     def reached_all(self) -> int:
@@ -162,27 +173,64 @@ def stage1(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("stage", "1") in STAGE1]
 
 
-def chosen_curves(rows: list[dict], metric: Metric, column: str,
-                  tolerance: float) -> Dict[str, CurveStats]:
-    """Each curve's stage-1 statistics and best lr (curves without a value left out)."""
+def val_curve(run_dir) -> dict:
+    """{step: val/loss} of a run's scheduled evaluations."""
+    return {rec["step"]: rec["val/loss"] for rec in read_metrics(run_dir)
+            if rec.get("val/loss") is not None and "step" in rec}
+
+
+def with_targets(rows: list[dict], cfg) -> list[dict]:
+    """With sweep.target: each finished run's steps_to_target (its first scheduled evaluation
+    with val/loss <= target; None: never), results.csv's column and metric=steps_to_target's."""
+    from sweeper.track3 import first_step_below
+
+    if getattr(cfg, "target", None) is not None:
+        for r in rows:
+            if r["status"] in Status.RESULTS and "steps_to_target" not in r:
+                r["steps_to_target"] = first_step_below(val_curve(r["_dir"]), cfg.target)
+    return rows
+
+
+def chosen_curves(rows: list[dict], metric: Metric, column: str, tolerance: float,
+                  cfg=None) -> Dict[str, CurveStats]:
+    """Each curve's stage-1 statistics and best lr (curves without a value left out), and with
+    cfg's sweep.tune its tuning at that lr."""
+    from sweeper.tuning import tune_curve
+
     curves = {}
     for curve, per_lr in lr_stats(stage1(rows), column).items():
         best, stable = best_and_range(per_lr, metric, tolerance)
-        if best is not None:
-            curves[curve] = CurveStats(per_lr, best, stable)
+        if best is None:
+            continue
+        curves[curve] = c = CurveStats(per_lr, best, stable)
+        axes = cfg.tune_axes(best.runs[0]["optimizer"]) if cfg is not None else []
+        if axes:
+            resolve = cfg.resolve if cfg.resolve is not None else metric.resolve
+            c.tuning = tune_curve([r for r in rows if r["curve"] == curve], best, axes, column,
+                                  resolve, len(cfg.seeds))
     return curves
 
 
-def scored_runs(rows: list[dict], curve: str, lr: float) -> list[dict]:
-    """The finished runs of `curve` at `lr` that score it: its stage-2 runs if it has any,
-    else stage 1's."""
-    at = [r for r in rows if r["curve"] == curve and r["lr"] == lr and r["status"] in Status.RESULTS]
+def same_tuned(row: dict, tuned: dict) -> bool:
+    from sweeper.tuning import same
+
+    got = row.get("_tuned", {})
+    return got.keys() == tuned.keys() and all(same(got[k], v) for k, v in tuned.items())
+
+
+def scored_runs(rows: list[dict], curve: str, lr: float, tuned: Optional[dict] = None) -> list[dict]:
+    """The finished runs of `curve` at `lr` (and `tuned` values) that score it: its stage-2 runs
+    if it has any, else those of stages 1 and tune."""
+    tuned = tuned or {}
+    at = [r for r in rows if r["curve"] == curve and r["lr"] == lr and r["status"] in Status.RESULTS
+          and same_tuned(r, tuned)]
     held = [r for r in at if r.get("stage") == HELD_OUT]
-    return held or [r for r in at if r.get("stage", "1") in STAGE1]
+    return held or [r for r in at if r.get("stage", "1") in STAGE1 + ("tune",)]
 
 
-def scores_of(rows: list[dict], curve: str, lr: float, column: str) -> Scores:
-    runs = scored_runs(rows, curve, lr)
+def scores_of(rows: list[dict], curve: str, lr: float, column: str,
+              tuned: Optional[dict] = None) -> Scores:
+    runs = scored_runs(rows, curve, lr, tuned)
     held = any(r.get("stage") == HELD_OUT for r in runs)
     values = {r["seed"]: r[column] for r in runs if r["status"] == Status.COMPLETED
               and isinstance(r.get(column), (int, float)) and math.isfinite(r[column])}
@@ -194,9 +242,10 @@ def summarize(rows: list[dict], cfg) -> Summary:
     from sweeper.speedup import speedups
 
     metric = METRICS[cfg.metric]
+    rows = with_targets(rows, cfg)
     column = metric.column(rows)
-    curves = chosen_curves(rows, metric, column, cfg.tolerance)
-    scores = {c: scores_of(rows, c, curves[c].best.lr, column) for c in curves}
+    curves = chosen_curves(rows, metric, column, cfg.tolerance, cfg)
+    scores = {c: scores_of(rows, c, curves[c].best.lr, column, curves[c].tuned) for c in curves}
     ranked = sorted(curves, key=lambda c: (scores[c].bad_share, scores[c].interval[0]))
     verdicts = [paired(a, scores[a].values, b, scores[b].values)
                 for a, b in zip(ranked, ranked[1:])]
@@ -215,7 +264,7 @@ def summarize(rows: list[dict], cfg) -> Summary:
                 [r for r in c.best.runs if r["status"] == Status.COMPLETED], target)
     s = Summary(metric, lr_stats(stage1(rows), column), curves, ranked, target, column, scores,
                 verdicts, pairs, {c: sorted(v) for c, v in extended.items()},
-                scored={c: scored_runs(rows, c, curves[c].best.lr) for c in curves})
+                scored={c: scored_runs(rows, c, curves[c].best.lr, curves[c].tuned) for c in curves})
     if metric.has_target:
         s.speedups = speedups(rows, s, baseline_of(cfg, curves))
     return s
