@@ -7,6 +7,7 @@
     python sweep.py sweep=cpu_ordering sweep.lrs=[1e-3,3e-3] train.max_iters=400 sweep.dir=sweeps/short
     python sweep.py report sweep.dir=sweeps/cpu_ordering       # rebuild the outputs from what finished
     python sweep.py export-wandb sweep=namo_gpt2                # the same grid as W&B sweep YAML
+    python sweep.py plan sweep=track3                           # runs, GPUs, tokens, GPU-hours
 
 Arguments `sweep=<preset>` and `sweep.<key>=...` configure the sweep (configs/sweep.yaml, the
 presets configs/sweep/*.yaml, the schema SweepConfig in sweeper/config.py). Every other argument
@@ -20,7 +21,8 @@ override of the same key); each value is its own curve. Variants that are no pro
 decay 0 once, 0.1 under each decay style): `sweep.grid_points=[{optimizer.weight_decay:0},...]`,
 each its own curve (times the product of sweep.grid, if any).
 Variants of one optimizer only: `sweep.grid_points_by_optimizer={muon:[{},{optimizer.ns:gram}]}`
-(replaces sweep.grid_points for that optimizer; the others keep theirs).
+(replaces sweep.grid_points for that optimizer; the others keep theirs; sweep.optimizers=[...] on
+the command line drops the preset's variants of the optimizers it leaves out).
 
 Runs: each point (optimizer, lr, grid values, seed) is one train.py process (torchrun when
 sweep.nproc_per_run > 1) with out_dir <sweep.dir>/runs/<run id>, on this machine
@@ -40,6 +42,11 @@ Outputs in sweep.dir, rebuilt by `report` from whatever has finished: results.cs
 run), lr_curves.png (metric vs lr per optimizer, spread over seeds, x = diverged), best_curves.png
 (the runs at each optimizer's best lr), report.md (best lr, stable range, tokens to a target
 loss, ranking). sweep.json holds the sweep's identity: another sweep's directory is refused.
+
+`plan` launches nothing and reads no data: per curve its lrs, seeds, runs (min: no bracketing,
+max: every extension), GPUs and tokens per run, parameters, FLOPs per token (nanoGPT's 6 N +
+12 L H Q T), and GPU-hours at sweep.plan_mfu (0.40) x sweep.plan_peak_flops (H100 SXM dense bf16,
+989 TFLOP/s), with the totals and the wall-clock at sweep.jobs runs at once (sweeper/gpu_plan.py).
 """
 from __future__ import annotations
 
@@ -118,6 +125,12 @@ def cmd_export_wandb(sweep_args: list[str], train_args: list[str]) -> int:
     return 0
 
 
+def cmd_plan(sweep_args: list[str], train_args: list[str]) -> int:
+    from sweeper.gpu_plan import format_plan, gpu_plan
+    print(format_plan(*gpu_plan(sweep_args, train_args)))
+    return 0
+
+
 def interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -139,8 +152,10 @@ def dispatch(argv: list[str]) -> int:
         return cmd_report(sweep_args, train_args)
     if command == "export-wandb":
         return cmd_export_wandb(sweep_args, train_args)
-    raise UserError(f"unknown command {command!r}; use run (the default), report or "
-                    "export-wandb")
+    if command == "plan":
+        return cmd_plan(sweep_args, train_args)
+    raise UserError(f"unknown command {command!r}; use run (the default), report, "
+                    "export-wandb or plan")
 
 
 def main(argv: list[str] | None = None) -> int:

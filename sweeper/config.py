@@ -187,6 +187,12 @@ class SweepConfig:
     seeds: List[int] = field(default_factory=lambda: [0])
     jobs: int = 1                        # runs at once
     nproc_per_run: int = 1               # processes per run (torchrun when > 1)
+    # `python sweep.py plan`'s assumed throughput (sweeper/gpu_plan.py): this model FLOPs
+    # utilization (an assumption, nanoGPT-like; counted as nanoGPT's estimate_mfu and the `mfu`
+    # that train.py logs, so a measured run's replaces it) of a GPU's peak, H100 SXM's dense
+    # bf16 989 TFLOP/s (NVIDIA's datasheet without sparsity; train.py's PEAK_FLOPS["H100"]).
+    plan_mfu: float = 0.4
+    plan_peak_flops: float = 9.89e14
     dir: Optional[str] = None            # results; None = sweeps/<name>
     overrides: List[str] = field(default_factory=list)               # train.py overrides of the setup
     target_loss: Optional[float] = None  # tokens-to-target; None = the worst optimizer's best loss
@@ -258,6 +264,9 @@ class SweepConfig:
         for name in ("jobs", "nproc_per_run"):
             if getattr(self, name) < 1:
                 raise UserError(f"sweep.{name}={getattr(self, name)} must be at least 1")
+        if not (0 < self.plan_mfu <= 1 and self.plan_peak_flops > 0):
+            raise UserError(f"sweep.plan_mfu={self.plan_mfu:g} must lie in (0, 1] and "
+                            f"sweep.plan_peak_flops={self.plan_peak_flops:g} must be > 0")
         if self.metric not in METRICS:
             raise UserError(f"sweep.metric={self.metric!r} is not one of {', '.join(METRICS)}")
         if self.launcher not in LAUNCHERS:
@@ -348,8 +357,10 @@ def lr_grids(cfg: SweepConfig) -> Dict[str, List[float]]:
 
 def load_sweep(sweep_args: List[str]):
     """The SweepConfig of `sweep=<preset> sweep.<key>=...` (lrs on the command line clears
-    lr_grid), and the keys given on the command line."""
+    lr_grid; optimizers there drops the preset's grid_points_by_optimizer of the others), and
+    the keys given on the command line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
 
     from configs import load_config, to_object
     from sweeper.points import override_key
@@ -364,13 +375,23 @@ def load_sweep(sweep_args: List[str]):
         if key in dicts or key.startswith(("sweep.lr_grid.", "sweep.grid_points_by_optimizer.")):
             arg = "++" + arg.lstrip("+")
         args.append(arg)
-    cfg = to_object(load_config(args, config_name="sweep")).sweep
-    for arg in args:
-        key = override_key(arg)
-        if key in dicts:  # composed fine, so it parses
-            given = OverridesParser.create().parse_overrides([arg])[0].value()
-            name = key.split(".")[1]
-            setattr(cfg, name, {k: v for k, v in getattr(cfg, name).items() if k in given})
+    node = load_config(args, config_name="sweep")
+    whole = {override_key(a).split(".")[1]: set(OverridesParser.create().parse_overrides([a])[0]
+                                                 .value())   # composed fine, so it parses
+             for a in args if override_key(a) in dicts}
+    given = {override_key(a) for a in args}
+    if "sweep.optimizers" in given:
+        # the preset's variants of the optimizers the command line leaves out go (as their lr_grid)
+        named = whole.get("grid_points_by_optimizer", set()) | {
+            k.split(".")[2] for k in given if k.startswith("sweep.grid_points_by_optimizer.")}
+        keep = whole.get("grid_points_by_optimizer", set(node.sweep.grid_points_by_optimizer))
+        whole["grid_points_by_optimizer"] = {o for o in keep
+                                             if o in node.sweep.optimizers or o in named}
+    with open_dict(node.sweep):
+        for name, keys in whole.items():
+            for k in [k for k in node.sweep[name] if k not in keys]:
+                del node.sweep[name][k]
+    cfg = to_object(node).sweep
     cli_keys = {override_key(a).split(".", 1)[1].split(".")[0] for a in sweep_args
                 if override_key(a).startswith("sweep.")}
     if "lrs" in cli_keys:

@@ -142,13 +142,15 @@ def make_points(cfg: SweepConfig, grids: dict, setup: list[str]) -> list[Point]:
             for grid in grid_values(cfg, opt) for lr in lrs]
 
 
-def validate_points(points: list[Point], launch: list[str], runs_dir: Path, nproc: int = 1):
+def validate_points(points: list[Point], launch: list[str], runs_dir: Path, nproc: int = 1,
+                    check_data: bool = True):
     """Compose the runs' configs before anything starts, and check what each run would refuse
     at start-up: its world size (`nproc` processes share train.grad_accum_steps) and its data
     (a damaged prepared dataset, or unreadable inputs to prepare), so that a sweep that can only
     fail is refused before it launches anything; returns the first one's config.
     One run per optimizer and grid value stands for all: the others differ only in the lr and
-    the seed, numbers written here (SweepConfig checked the lrs)."""
+    the seed, numbers written here (SweepConfig checked the lrs). check_data=False leaves the
+    data alone (`sweep.py plan` runs where no dataset is)."""
     from configs import load_config, to_object
     from data.prepare import check_inputs
 
@@ -163,7 +165,7 @@ def validate_points(points: list[Point], launch: list[str], runs_dir: Path, npro
             run = to_object(cfg)
             run.train.micro_steps_per_rank(
                 nproc, where=f"processes of a run (sweep.nproc_per_run={nproc})")
-            if run.task.name == "lm":
+            if check_data and run.task.name == "lm":
                 check_inputs(run.data)
         except UserError as exc:
             raise UserError(f"{exc} (in run {p.run_id})") from None
@@ -214,14 +216,15 @@ class Plan:
     device: str = "auto"     # the runs' device (a device=cpu sweep reserves no GPUs)
 
 
-def plan(sweep_args: list[str], train_args: list[str]) -> Plan:
-    """Config, lr grids, setup overrides, points and launch overrides, all checked."""
+def plan(sweep_args: list[str], train_args: list[str], check_data: bool = True) -> Plan:
+    """Config, lr grids, setup overrides, points and launch overrides, all checked (the data
+    too unless check_data=False)."""
     cfg, cli_keys = load_sweep(sweep_args)
     grids = lr_grids(cfg)
     setup = canonical(list(cfg.overrides) + train_args)
     points = make_points(cfg, grids, setup)
     launch = launch_overrides(cfg, train_args, wandb_enabled=False)
-    first = validate_points(points, launch, cfg.path / "runs", cfg.nproc_per_run)
+    first = validate_points(points, launch, cfg.path / "runs", cfg.nproc_per_run, check_data)
     wandb = bool(first.wandb.enabled)
     return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb,
                 int(first.train.max_iters), str(first.device))

@@ -127,6 +127,19 @@ def test_grid_points_by_optimizer_replace_the_listed_variants_of_one_optimizer()
     assert len(fixed) == 1 and fixed[0]["optimizer"]["values"] == ["muon"]
 
 
+def test_optimizers_on_the_command_line_drop_the_presets_variants_of_the_others():
+    from configs.errors import UserError
+    from sweeper.config import load_sweep
+    # the preset's adamw / normuon variants go with adamw; a variant given for it stays (refused)
+    cfg, _ = load_sweep(["sweep=track3", "sweep.optimizers=[track3_baseline,normuon]",
+                         "sweep.lr_grid.normuon=[0.03]"])
+    assert set(cfg.grid_points_by_optimizer) == {"normuon"} and cfg.lr_grid["normuon"] == [0.03]
+    for given in ("sweep.grid_points_by_optimizer.adamw=[{optimizer.eps:1e-8}]",
+                  "sweep.grid_points_by_optimizer={adamw:[{optimizer.eps:1e-8}]}"):
+        with pytest.raises(UserError, match="adamw is not in sweep.optimizers"):
+            load_sweep(["sweep=track3", "sweep.optimizers=[normuon]", given])
+
+
 def test_wandb_export_one_sweep_per_listed_variant():
     from sweeper.points import plan
     from sweeper.wandb_export import wandb_sweeps

@@ -88,7 +88,7 @@ def test_track3_mini_trains_with_track3_baseline(tmp_path, small_text):
 def test_sweep_preset_runs_experiment_track3_on_8_processes():
     from sweeper.points import plan
     p = plan(["sweep=track3"], [])
-    assert p.cfg.nproc_per_run == 8 and len(p.points) == 10
-    assert all("experiment=track3" in pt.overrides and "optimizer=track3_baseline" in pt.overrides
-               for pt in p.points)
-    assert {pt.lr for pt in p.points} == {0.025}
+    assert p.cfg.nproc_per_run == 8 and len(p.points) == 10 * len(p.cfg.optimizers)
+    assert all("experiment=track3" in pt.overrides for pt in p.points)
+    assert {pt.lr for pt in p.points if pt.optimizer == "track3_baseline"} == {0.025}
+    assert {pt.seed for pt in p.points} == set(range(10))
