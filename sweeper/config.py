@@ -367,12 +367,13 @@ def load_sweep(sweep_args: List[str]):
 
     # Hydra merges a dict given on the command line into the preset's and refuses new keys
     # without `++`; the sweep's dicts (sweep.grid={...}, sweep.lr_grid={...},
-    # sweep.grid_points_by_optimizer={...}) replace instead.
-    dicts = ("sweep.grid", "sweep.lr_grid", "sweep.grid_points_by_optimizer")
+    # sweep.grid_points_by_optimizer={...}, sweep.tune_by_optimizer={...}) replace instead.
+    per_optimizer = ("grid_points_by_optimizer", "tune_by_optimizer")
+    dicts = ("sweep.grid", "sweep.lr_grid") + tuple(f"sweep.{n}" for n in per_optimizer)
     args = []
     for arg in sweep_args:
         key = override_key(arg)
-        if key in dicts or key.startswith(("sweep.lr_grid.", "sweep.grid_points_by_optimizer.")):
+        if key in dicts or key.startswith(("sweep.lr_grid.",) + tuple(f"sweep.{n}." for n in per_optimizer)):
             arg = "++" + arg.lstrip("+")
         args.append(arg)
     node = load_config(args, config_name="sweep")
@@ -381,12 +382,13 @@ def load_sweep(sweep_args: List[str]):
              for a in args if override_key(a) in dicts}
     given = {override_key(a) for a in args}
     if "sweep.optimizers" in given:
-        # the preset's variants of the optimizers the command line leaves out go (as their lr_grid)
-        named = whole.get("grid_points_by_optimizer", set()) | {
-            k.split(".")[2] for k in given if k.startswith("sweep.grid_points_by_optimizer.")}
-        keep = whole.get("grid_points_by_optimizer", set(node.sweep.grid_points_by_optimizer))
-        whole["grid_points_by_optimizer"] = {o for o in keep
-                                             if o in node.sweep.optimizers or o in named}
+        # the preset's variants and tuning of the optimizers the command line leaves out go (as
+        # their lr_grid)
+        for name in per_optimizer:
+            named = whole.get(name, set()) | {
+                k.split(".")[2] for k in given if k.startswith(f"sweep.{name}.")}
+            keep = whole.get(name, set(node.sweep[name]))
+            whole[name] = {o for o in keep if o in node.sweep.optimizers or o in named}
     with open_dict(node.sweep):
         for name, keys in whole.items():
             for k in [k for k in node.sweep[name] if k not in keys]:

@@ -10,7 +10,7 @@ own flops_per_token (the `mfu` train.py logs counts the same): N its num_params(
 the position embedding; Track 3's GPT without the token embedding, a lookup, its untied head
 counted), T the context. The model is built on the meta device (no memory, no init).
 Runs (sweeper/stages.py): stage 1 (lrs x sweep.seeds), bracketing (up to sweep.max_extend more
-lrs x sweep.seeds for a curve of 2+ lrs), stage 2 (the chosen lr, with confirm_neighbours its
+lrs x sweep.seeds for a curve of 2+ lrs), tuning (sweep.tune's values x sweep.seeds), stage 2 (the chosen lr, with confirm_neighbours its
 neighbours too, x sweep.confirm_seeds) and the baseline's budgets; min: no extension, max: all.
 """
 from __future__ import annotations
@@ -111,7 +111,11 @@ def gpu_plan(sweep_args: List[str], train_args: List[str]) -> Tuple[Plan, List[R
             # stage 2: the chosen lr; with neighbours, 1 or 2 of them (a grid end or not)
             chosen = ((min(2, len(lrs)), min(3, len(lrs) + ext)) if cfg.confirm_neighbours
                       else (1, 1))
-            runs = (len(lrs) * k + chosen[0] * c, (len(lrs) + ext) * k + chosen[1] * c)
+            # sweep.tune: each axis' values at the chosen point x the tuning seeds (the default's
+            # value, when it is in the grid, is a run already made: min)
+            tune = [len(values) for _, values in cfg.tune_axes(opt)]
+            runs = (len(lrs) * k + chosen[0] * c + sum(v - 1 for v in tune) * k,
+                    (len(lrs) + ext) * k + chosen[1] * c + sum(tune) * k)
             label = curve_label(opt, grid)
             rows.append(Row(label, ",".join(f"{lr:g}" for lr in lrs), seeds, runs,
                             cfg.nproc_per_run, run.train.max_iters * per_step, n, fpt))
@@ -163,7 +167,7 @@ def format_plan(p: Plan, rows: List[Row], notes: List[str]) -> str:
              "(sweep.plan_mfu x sweep.plan_peak_flops; default: H100 SXM, dense bf16)",
              "FLOPs a token: 6 N + 12 L H Q T (nanoGPT's estimate_mfu), N = params, T = context",
              f"runs: stage 1 + bracketing (min: none, max: sweep.max_extend={cfg.max_extend} lrs a "
-             "curve of 2+ lrs) + stage 2 + budgets", ""]
+             "curve of 2+ lrs) + tuning (sweep.tune) + stage 2 + budgets", ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines += ["", f"total: {pair(r0, r1)} runs, {pair(h0, h1, hours)} GPU-hours; wall-clock "
               f"about {pair(h0 / gpus, h1 / gpus, hours)} h at {at_once} run(s) at once x "

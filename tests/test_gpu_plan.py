@@ -72,3 +72,17 @@ def test_bad_input_is_one_error_line():
     assert proc.returncode == 2 and not proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown optimizer(s) nosuch"), lines
+
+
+def test_plan_counts_the_tuning_runs(tmp_path):
+    # 2 lrs x 2 seeds, then 3 weight decays at the best lr x 2 seeds (min: one of them is the
+    # default's run already made), then 3 held-out seeds; muon tunes only its lr
+    _, rows, _ = gpu_plan(["sweep=cpu_decisive", "sweep.optimizers=[adamw,muon]",
+                           "sweep.lrs=[1e-3,2e-3]", "sweep.seeds=[0,1]", "sweep.max_extend=0",
+                           "sweep.confirm_seeds=[100,101,102]",
+                           "sweep.tune=[{optimizer.weight_decay:[0.0,0.1,0.4]}]",
+                           "sweep.tune_by_optimizer={muon:[]}", "sweep.baseline_budgets=[]",
+                           f"sweep.dir={tmp_path}"],
+                          ["data=shakespeare"])
+    assert {r.curve: r.runs for r in rows} == {"adamw": (4 + 2 * 2 + 3, 4 + 3 * 2 + 3),
+                                               "muon": (4 + 3, 4 + 3)}
