@@ -55,6 +55,21 @@ def test_cooldown_schedule_and_eval_steps_are_track3s():
     assert not TrainConfig(max_iters=100, eval_interval=30).eval_due(90 + 5)   # no tail unless set
 
 
+def test_vector_groups_cool_down_over_their_own_fraction():
+    # the Hyperball records (#4, #5, #8): matrices cooldown_frac 1.0, aux Adam 0.4 (their
+    # set_hparams applies each group's own cooldown_frac)
+    t = TrainConfig(max_iters=3325, warmup_iters=0, schedule="cooldown", decay_frac=1.0,
+                    decay_frac_vector=0.4, min_lr_ratio=0.0)
+    for step in range(0, 3325, 7):
+        opt = SimpleNamespace(param_groups=[{"base_lr": 0.018, "kind": "matrix"},
+                                            {"base_lr": 0.3, "kind": "vector", "role": "embed"}])
+        set_lr(opt, step, t)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.018 * their_eta(step, 3325, 1.0), rel=1e-12)
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.3 * their_eta(step, 3325, 0.4), rel=1e-12)
+    with pytest.raises(UserError, match="decay_frac_vector"):
+        TrainConfig(decay_frac_vector=0.0)
+
+
 class Batches:
     """A task serving fixed batches (data/task.py's protocol, the parts forward_backward uses)."""
     def __init__(self, batches):

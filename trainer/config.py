@@ -46,6 +46,10 @@ class TrainConfig:
     warmup_from_zero: bool = False       # warmup s / warmup_iters (NAMO repo) instead of nanoGPT's
                                          # (s + 1) / (warmup_iters + 1)
     decay_frac: float = 0.2              # wsd, cooldown: share of max_iters spent decaying
+    # wsd, cooldown: the same for the vector groups (the AdamW backup and its role groups) when
+    # it differs; null: decay_frac. The Hyperball records (Track 3 #4, #5, #8) cool the matrices
+    # over the whole run and their aux Adam over the last 40%: decay_frac=1.0 decay_frac_vector=0.4.
+    decay_frac_vector: Optional[float] = None
     min_lr_ratio: float = 0.1            # final lr / peak lr
     # An absolute final lr for every param group instead (BeyondMuon's min_lr_matrix and
     # min_lr_vector: lr = min_lr + c (peak - min_lr)); null: min_lr_ratio x each group's peak.
@@ -78,6 +82,9 @@ class TrainConfig:
         if self.eval_tail_interval is not None and self.eval_tail_interval < 1:
             raise UserError(f"train.eval_tail_interval={self.eval_tail_interval} must be at least "
                             "1 (or null: train.eval_interval throughout)")
+        if self.decay_frac_vector is not None and not 0 < self.decay_frac_vector <= 1:
+            raise UserError(f"train.decay_frac_vector={self.decay_frac_vector} must be in (0, 1] "
+                            "(or null: train.decay_frac)")
         if not 0 <= self.eval_tail_frac <= 1 or not 0 < self.decay_frac <= 1:
             raise UserError(f"train.eval_tail_frac={self.eval_tail_frac} and train.decay_frac="
                             f"{self.decay_frac} must be in [0, 1] and (0, 1]")

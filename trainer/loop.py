@@ -67,11 +67,15 @@ class Progress:
 def set_lr(optimizer, step: int, t) -> None:
     """Every param group at its peak lr (group["base_lr"]) times the schedule's factor; with
     train.min_lr, each group's floor is that absolute lr (its ratio to the group's peak).
-    powercool (after any warmup): each group's lr by powercool_lr, min_lr not used."""
-    def factor(base_lr: float) -> float:
+    powercool (after any warmup): each group's lr by powercool_lr, min_lr not used.
+    train.decay_frac_vector: the vector groups' (kind vector) decay fraction of wsd / cooldown."""
+    def factor(group: dict) -> float:
+        base_lr = group["base_lr"]
         ratio = t.min_lr_ratio if t.min_lr is None or base_lr == 0 else t.min_lr / base_lr
+        frac = t.decay_frac_vector if group.get("kind") == "vector" and \
+            t.decay_frac_vector is not None else t.decay_frac
         return lr_factor(step, max_iters=t.max_iters, warmup_iters=t.warmup_iters,
-                         schedule=t.schedule, min_lr_ratio=ratio, decay_frac=t.decay_frac,
+                         schedule=t.schedule, min_lr_ratio=ratio, decay_frac=frac,
                          warmup_from_zero=t.warmup_from_zero)
     if t.schedule == "powercool" and step >= t.warmup_iters:
         # each group its own lr: the record's power_c is per group, and its AdamW groups
@@ -84,7 +88,7 @@ def set_lr(optimizer, step: int, t) -> None:
                                        else t.powercool_decay_steps)
         return
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor(group["base_lr"])
+        group["lr"] = group["base_lr"] * factor(group)
 
 
 def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: int,
