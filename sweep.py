@@ -67,7 +67,7 @@ from trainer.outputs import EXIT_INTERRUPTED
 REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
                  "baseline", "resolve", "grid", "grid_points", "grid_points_by_optimizer",
                  "target", "target_sigma", "target_p", "target_loss_per_step", "decide", "tune",
-                 "tune_by_optimizer")
+                 "tune_by_optimizer", "max_rounds", "max_extend")
 
 
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:

@@ -217,12 +217,16 @@ class SweepConfig:
     # Which rule the report's headline rests on: paired (t interval of sweep.metric at the fixed
     # budget) or track3 (steps to sweep.target); null: track3 for metric=steps_to_target.
     decide: Optional[str] = None
-    # Tuning beyond the lr, axis by axis (coordinate descent, one round): after a curve's lr is
-    # bracketed at the defaults, each axis' values run at the best point so far, on sweep.seeds;
+    # Tuning beyond the lr, axis by axis (coordinate descent): after a curve's lr is bracketed at
+    # the defaults, each axis' values run at the best point so far, on sweep.seeds;
     # a value replaces the default only when it beats it by more than sweep.resolve (the
     # metric's when unset). E.g. [{optimizer.weight_decay: [0.0, 0.05, 0.2]}]. Stage 2 scores the
     # tuned point. tune_by_optimizer.<name> replaces the axes for one optimizer ([]: tune only its lr).
     tune: List[Dict[str, List[Any]]] = field(default_factory=list)
+    # Rounds of the descent: round 2 on sweeps the lr again (the best / and x the grid ratio),
+    # then every axis, until a round moves nothing (sweeper/tuning.py). Each axis is bracketed
+    # like the lr, up to sweep.max_extend values beyond its grid.
+    max_rounds: int = 1
     tune_by_optimizer: Dict[str, List[Dict[str, List[Any]]]] = field(default_factory=dict)
     # How points run: local (train.py processes on this machine, sweep.jobs at once), slurm (a
     # SLURM job each, through submitit: sweeper/slurm.py), local_submitit (submitit's jobs on
@@ -277,6 +281,8 @@ class SweepConfig:
         if shared:
             raise UserError(f"sweep.confirm_seeds shares seed(s) {shared} with sweep.seeds; held-out "
                             "seeds must be fresh: pick others")
+        if self.max_rounds < 1:
+            raise UserError(f"sweep.max_rounds={self.max_rounds} must be at least 1")
         if self.max_extend < 0:
             raise UserError(f"sweep.max_extend={self.max_extend} must be >= 0 (0: never extend)")
         if self.target is not None and not math.isfinite(self.target):

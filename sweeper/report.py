@@ -113,21 +113,32 @@ def ranking_table(s: Summary) -> list[str]:
 
 
 def tuned_cell(c: CurveStats) -> str:
-    if c.tuning is None:
+    """'weight_decay=0.4, lr 0.004 -> 0.008 (2 rounds)': the tuned values at the chosen point."""
+    t = c.tuning
+    if t is None:
         return "lr only"
-    parts = [f"{a.key.rsplit('.', 1)[-1]}={a.chosen if a.done else '?'}"
-             + (" (default)" if a.done and a.chosen == a.default else "") for a in c.tuning.axes]
-    return ", ".join(parts) + ("" if c.tuning.complete else " (tuning unfinished)")
+    keys = list(dict.fromkeys(a.key for a in t.axes if a.key != "optimizer.lr"))
+    parts = []
+    for key in keys:
+        last = [a for a in t.axes if a.key == key][-1]
+        value = t.tuned.get(key, last.default)
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}" + (" (default)" if key not in t.tuned else ""))
+    if t.lr != c.best.lr:
+        parts.append(f"lr {c.best.lr:.3g} -> {t.lr:.3g}")
+    rounds = f" ({t.rounds} rounds)" if t.rounds > 1 else ""
+    return ", ".join(parts) + rounds + ("" if t.complete else " (tuning unfinished)")
 
 
 def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
-    """Each tuned axis' values at the point it was tuned from, and every curve's runs by stage:
-    what its tuning cost."""
+    """Each axis sweep of the descent at the point it started from, and every curve's runs by
+    stage: what its tuning cost."""
     m = s.metric
     lines = ["", "## Tuning", "",
-             "Each axis of sweep.tune at the best point so far (best lr, earlier axes' choices), on "
-             "the tuning seeds; a value replaces the default only when better by more than the "
-             "resolve difference (a tie keeps the default). Chosen values in bold.", ""]
+             "Coordinate descent on the tuning seeds: each axis of sweep.tune swept at the best "
+             "point so far (round 1 from the stage-1 best lr; later rounds sweep the lr again "
+             "first), bracketed while its best value is at an end (* = added); a value replaces "
+             "the current one only when better by more than the resolve difference (a tie keeps "
+             "it). Chosen values in bold; tuning_curves.png plots each axis.", ""]
     for curve in s.ranked:
         c = s.curves[curve]
         for a in (c.tuning.axes if c.tuning else []):
@@ -137,8 +148,11 @@ def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
                 if st is not None and st.n_bad:
                     text += f" ({st.n_bad}/{st.n} {m.bad_short})"
                 mark = "**" if a.done and v == a.chosen else ""
-                cells.append(f"{mark}{v}{' (default)' if v == a.default else ''}: {text.strip()}{mark}")
-            lines.append(f"- {curve}, {a.key}: " + "; ".join(cells))
+                star = "*" if v in a.extended else ""
+                cells.append(f"{mark}{v:g}{star}" if isinstance(v, float) else f"{mark}{v}{star}")
+                cells[-1] += f"{' (default)' if v == a.default and a.key != 'optimizer.lr' else ''}: " \
+                             f"{text.strip()}{mark}"
+            lines.append(f"- {curve}, round {a.round}, {a.key}: " + "; ".join(cells))
     stages = sorted({r.get("stage", "1") for r in rows})
     lines += ["", "Runs per curve and stage (every tuning run counted):", "",
               "| curve | " + " | ".join(stages) + " | all |", "|" + "---|" * (len(stages) + 2)]
@@ -146,6 +160,55 @@ def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
         n = [sum(r["curve"] == curve and r.get("stage", "1") == st for r in rows) for st in stages]
         lines.append(f"| {curve} | " + " | ".join(map(str, n)) + f" | {sum(n)} |")
     return lines
+
+
+def plot_tuning(s: Summary, cfg, path: Path) -> None:
+    """Sensitivity: per tuned axis (one panel each) every curve's metric against the axis' values
+    in its last sweep, 95% t bands, the chosen value ringed."""
+    keys = list(dict.fromkeys(a.key for c in s.curves.values() if c.tuning
+                              for a in c.tuning.axes))
+    if not keys:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    colors = dict(zip(s.ranked, curve_colors(len(s.ranked))))
+    for ax, key in zip(axs[0], keys):
+        for curve in s.ranked:
+            c = s.curves[curve]
+            sweeps = [a for a in (c.tuning.axes if c.tuning else []) if a.key == key and a.done]
+            if not sweeps:
+                continue
+            a = sweeps[-1]
+            pts = [(v, st) for v, st in a.per_value if st is not None and st.values
+                   and isinstance(v, (int, float))]
+            if not pts:
+                continue
+            xs = [v for v, _ in pts]
+            band = [mean_interval(st.values) for _, st in pts]
+            ax.plot(xs, [b[0] for b in band], "o-", color=colors[curve], label=curve, ms=4)
+            ax.fill_between(xs, [b[1] if not math.isnan(b[1]) else b[0] for b in band],
+                            [b[2] if not math.isnan(b[2]) else b[0] for b in band],
+                            color=colors[curve], alpha=0.1, lw=0)
+            chosen = next((st for v, st in pts if v == a.chosen), None)
+            if chosen is not None:
+                ax.plot([a.chosen], [chosen.mean], "o", ms=11, mfc="none", color=colors[curve])
+        values = [v for c in s.curves.values() if c.tuning for a in c.tuning.axes
+                  if a.key == key for v, _ in a.per_value if isinstance(v, (int, float))]
+        if values and min(values) > 0:
+            ax.set_xscale("log")
+        elif values:
+            ax.set_xscale("symlog", linthresh=min([v for v in values if v > 0] or [1e-3]))
+        ax.set_xlabel(key)
+        ax.set_ylabel(s.metric.axis_label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{cfg.name}: sensitivity around each tuned point (last sweep of each axis, "
+                 "tuning seeds, 95% CI; ring = chosen)", fontsize=9)
+    write_atomic(path, lambda out: fig.savefig(out, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
 
 
 def verdict_lines(s: Summary, resolve: float) -> list[str]:
@@ -437,6 +500,8 @@ def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
     plot_best_curves(s, cfg, d / "best_curves.png")
     if (key := grid_axis(cfg)) is not None:
         plot_grid_axis(s, cfg, key, d / "grid_curves.png")
+    if any(c.tuning is not None for c in s.curves.values()):
+        plot_tuning(s, cfg, d / "tuning_curves.png")
     if cfg.target is not None and s.ranked:
         from sweeper.report_track3 import plot_curves, plot_steps, summarize_track3
         t = summarize_track3(s, cfg)

@@ -73,7 +73,10 @@ def extensions(plan: Plan, rows: list[dict]) -> list[Point]:
 
 
 def confirm_lrs(c, neighbours: bool) -> list[float]:
-    """The chosen (best) lr, and with `neighbours` the grid lrs beside it that finished."""
+    """The chosen (best) lr, and with `neighbours` the grid lrs beside it that finished (not for
+    a tuned curve: its chosen point only)."""
+    if c.tuning is not None:
+        return [c.chosen_lr]
     i = c.per_lr.index(c.best)
     picks = [c.best]
     if neighbours:
@@ -88,9 +91,14 @@ def tune_points(plan: Plan, rows: list[dict]) -> list[Point]:
     metric = METRICS[cfg.metric]
     rows = with_targets(rows, cfg)
     curves = chosen_curves(rows, metric, metric.column(stage1(rows)), cfg.tolerance, cfg)
-    return curve_points(plan, "tune", {c: [s.best.lr] for c, s in curves.items() if s.tuning},
-                        cfg.seeds, tuned_by_curve={c: s.tuning.pending for c, s in curves.items()
-                                                   if s.tuning})
+    points = []
+    for seed in cfg.seeds:
+        for opt in plan.grids:
+            for grid in grid_values(cfg, opt):
+                c = curves.get(curve_label(opt, grid))
+                for lr, tuned in (c.tuning.pending if c is not None and c.tuning else []):
+                    points.append(make_point(opt, lr, seed, grid, plan.setup, "tune", tuned=tuned))
+    return points
 
 
 def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
@@ -105,14 +113,14 @@ def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
     if cfg.confirm_seeds:
         points += curve_points(plan, "2", {c: confirm_lrs(s, cfg.confirm_neighbours)
                                           for c, s in curves.items()}, cfg.confirm_seeds,
-                               tuned_by_curve=tuned)
+                               tuned_by_curve=tuned)   # a tuned curve: its chosen point only
     base = baseline_of(cfg, curves)
     if base is not None and cfg.baseline_budgets and plan.max_iters:
         seeds = cfg.confirm_seeds or cfg.seeds
         for b in cfg.baseline_budgets:
             steps = max(1, int(round(b * plan.max_iters)))
             if steps != plan.max_iters:
-                points += curve_points(plan, "budget", {base: [curves[base].best.lr]}, seeds,
+                points += curve_points(plan, "budget", {base: [curves[base].chosen_lr]}, seeds,
                                        extra=(f"train.max_iters={steps}",), budget=float(b),
                                        tuned_by_curve=tuned)
     return points

@@ -73,8 +73,13 @@ class CurveStats:
 
     @property
     def chosen(self) -> LrStats:
-        """The stage-1 stats of the chosen point: the best lr with the tuned values."""
+        """The tuning stats of the chosen point: the best lr with the tuned values."""
         return self.tuning.best if self.tuning is not None else self.best
+
+    @property
+    def chosen_lr(self) -> float:
+        """The best lr of stage 1, or where a later tuning round moved it."""
+        return self.tuning.lr if self.tuning is not None else self.best.lr
 
     @property
     def reached_all(self) -> int:
@@ -206,8 +211,10 @@ def chosen_curves(rows: list[dict], metric: Metric, column: str, tolerance: floa
         axes = cfg.tune_axes(best.runs[0]["optimizer"]) if cfg is not None else []
         if axes:
             resolve = cfg.resolve if cfg.resolve is not None else metric.resolve
+            ratio = per_lr[1].lr / per_lr[0].lr if len(per_lr) > 1 else 2.0
             c.tuning = tune_curve([r for r in rows if r["curve"] == curve], best, axes, column,
-                                  resolve, len(cfg.seeds))
+                                  resolve, len(cfg.seeds), max_rounds=cfg.max_rounds,
+                                  max_extend=cfg.max_extend, lr_ratio=ratio)
     return curves
 
 
@@ -222,8 +229,10 @@ def scored_runs(rows: list[dict], curve: str, lr: float, tuned: Optional[dict] =
     """The finished runs of `curve` at `lr` (and `tuned` values) that score it: its stage-2 runs
     if it has any, else those of stages 1 and tune."""
     tuned = tuned or {}
-    at = [r for r in rows if r["curve"] == curve and r["lr"] == lr and r["status"] in Status.RESULTS
-          and same_tuned(r, tuned)]
+    from sweeper.tuning import same
+
+    at = [r for r in rows if r["curve"] == curve and same(r["lr"], lr)
+          and r["status"] in Status.RESULTS and same_tuned(r, tuned)]
     held = [r for r in at if r.get("stage") == HELD_OUT]
     return held or [r for r in at if r.get("stage", "1") in STAGE1 + ("tune",)]
 
@@ -245,7 +254,7 @@ def summarize(rows: list[dict], cfg) -> Summary:
     rows = with_targets(rows, cfg)
     column = metric.column(rows)
     curves = chosen_curves(rows, metric, column, cfg.tolerance, cfg)
-    scores = {c: scores_of(rows, c, curves[c].best.lr, column, curves[c].tuned) for c in curves}
+    scores = {c: scores_of(rows, c, curves[c].chosen_lr, column, curves[c].tuned) for c in curves}
     ranked = sorted(curves, key=lambda c: (scores[c].bad_share, scores[c].interval[0]))
     verdicts = [paired(a, scores[a].values, b, scores[b].values)
                 for a, b in zip(ranked, ranked[1:])]
@@ -264,7 +273,7 @@ def summarize(rows: list[dict], cfg) -> Summary:
                 [r for r in c.best.runs if r["status"] == Status.COMPLETED], target)
     s = Summary(metric, lr_stats(stage1(rows), column), curves, ranked, target, column, scores,
                 verdicts, pairs, {c: sorted(v) for c, v in extended.items()},
-                scored={c: scored_runs(rows, c, curves[c].best.lr, curves[c].tuned) for c in curves})
+                scored={c: scored_runs(rows, c, curves[c].chosen_lr, curves[c].tuned) for c in curves})
     if metric.has_target:
         s.speedups = speedups(rows, s, baseline_of(cfg, curves))
     return s
