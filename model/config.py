@@ -4,6 +4,7 @@ Torch-free, so that loading the config tree stays cheap. model.arch picks the mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from configs.errors import UserError
 
@@ -15,7 +16,7 @@ EMBED_DTYPES = ("float32", "bfloat16")
 @dataclass
 class GPTConfig:
     n_layer: int = 4
-    n_head: int = 4
+    n_head: Optional[int] = 4    # null: n_embd // head_dim (heads of a fixed width: a width ladder)
     n_embd: int = 128
     block_size: int = 1024       # set from train.block_size by train.py
     vocab_size: int = 50304      # set from the dataset's vocabulary by train.py
@@ -30,12 +31,18 @@ class GPTConfig:
     # printed config never disagrees with the model); it always has biases and no dropout, and
     # ignores gelu. embed_dtype=bfloat16 is theirs: the forward then runs in bf16 throughout.
     arch: str = "gpt2"
-    head_dim: int = 128          # track3 only
+    head_dim: int = 128          # track3; any arch with n_head: null
     embed_dtype: str = "float32"  # track3 only: float32 | bfloat16
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise UserError(f"model.arch={self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.n_head is None:
+            if self.head_dim < 1 or self.n_embd % self.head_dim:
+                raise UserError(f"model.n_head=null takes n_embd // head_dim heads, but "
+                                f"model.n_embd={self.n_embd} is not a multiple of model.head_dim="
+                                f"{self.head_dim}; pick a head_dim that divides it")
+            self.n_head = self.n_embd // self.head_dim
         for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             if getattr(self, key) < 1:
                 raise UserError(f"model.{key}={getattr(self, key)} must be at least 1")

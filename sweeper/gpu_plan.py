@@ -113,9 +113,14 @@ def gpu_plan(sweep_args: List[str], train_args: List[str]) -> Tuple[Plan, List[R
                       else (1, 1))
             # sweep.tune: each axis' values at the chosen point x the tuning seeds (the default's
             # value, when it is in the grid, is a run already made: min)
+            # max: every round (sweep.max_rounds) sweeps every axis with all its extensions, and
+            # rounds after the first the lr at 2 more values (with extensions)
             tune = [len(values) for _, values in cfg.tune_axes(opt)]
+            rounds = cfg.max_rounds if tune else 0
+            most = rounds * sum(v + cfg.max_extend for v in tune) + \
+                max(0, rounds - 1) * (2 + cfg.max_extend)
             runs = (len(lrs) * k + chosen[0] * c + sum(v - 1 for v in tune) * k,
-                    (len(lrs) + ext) * k + chosen[1] * c + sum(tune) * k)
+                    (len(lrs) + ext) * k + chosen[1] * c + most * k)
             label = curve_label(opt, grid)
             rows.append(Row(label, ",".join(f"{lr:g}" for lr in lrs), seeds, runs,
                             cfg.nproc_per_run, run.train.max_iters * per_step, n, fpt))

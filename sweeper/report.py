@@ -321,6 +321,8 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
         lines += section(summarize_track3(s, cfg), cfg)
     if len(s.ranked) > 1:
         lines += verdict_lines(s, cfg.resolve if cfg.resolve is not None else s.metric.resolve)
+    if (key := grid_axis(cfg)) is not None and s.ranked:
+        lines += grid_value_lines(s, cfg, key)
     if any(c.tuning is not None for c in s.curves.values()):
         lines += tuning_lines(s, rows)
     lines += speedup_lines(s)
@@ -491,6 +493,55 @@ def plot_grid_axis(s: Summary, cfg, key: str, path: Path) -> None:
     save_figure(f, path, legend=bool(optimizers))
 
 
+def plot_grid_lr(s: Summary, cfg, key: str, path: Path) -> None:
+    """Does the best lr transfer along the axis (e.g. width)? Each optimizer's chosen lr against
+    the axis' values, the bar its stable range (the lrs within sweep.tolerance of the best)."""
+    f = new_figure()
+    ax = f.ax
+    optimizers = list(dict.fromkeys(curve.split(" ", 1)[0] for curve in s.stats))
+    for i, opt in enumerate(optimizers):
+        pts = []
+        for v in sorted(cfg.grid[key]):
+            c = s.curves.get(curve_label(opt, {key: v}))
+            if c is not None:
+                lo, hi = (c.stable[0].lr, c.stable[-1].lr) if c.stable else (c.best.lr, c.best.lr)
+                pts.append((v, c.chosen_lr, lo, hi))
+        if pts:
+            ax.errorbar([p[0] * (1 + 0.03 * (i - len(optimizers) / 2)) for p in pts],
+                        [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                        fmt="o-", color=f"C{i % 10}", capsize=3, label=opt)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(cfg.grid[key]), [str(v) for v in sorted(cfg.grid[key])])
+    ax.set_xlabel(key)
+    ax.set_ylabel("chosen lr (bar: stable lrs)")
+    ax.set_title(f"{cfg.name}: the best lr against {key} (stage-1 seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    save_figure(f, path, legend=bool(optimizers))
+
+
+def grid_value_lines(s: Summary, cfg, key: str) -> list[str]:
+    """The ordering at each value of the axis, with the paired verdict of each adjacent pair."""
+    from sweeper.paired import paired
+
+    m = s.metric
+    lines = ["", f"## At each {key}", "",
+             "Each value's curves ranked by their scores, adjacent pairs by the paired 95% t "
+             "interval ('<' decided, '≈' a tie):", ""]
+    for v in sorted(cfg.grid[key]):
+        ranked = [c for c in s.ranked if c.endswith(f"{key.rsplit('.', 1)[-1]}={v}")]
+        if not ranked:
+            continue
+        chain, notes = ranked[0].split(" ")[0], []
+        for a, b in zip(ranked, ranked[1:]):
+            pt = paired(a, s.scores[a].values, b, s.scores[b].values)
+            chain += f" {'<' if pt.decided else '≈'} {b.split(' ')[0]}"
+            notes.append(f"{a.split(' ')[0]} - {b.split(' ')[0]} = {pt.mean:+.{m.digits}f} "
+                         f"[{pt.low:+.{m.digits}f}, {pt.high:+.{m.digits}f}]")
+        lines.append(f"- {key.rsplit('.', 1)[-1]}={v}: {chain}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return lines
+
+
 def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
     from sweeper.stats import with_targets
     rows = with_targets(collect(d), cfg)
@@ -500,6 +551,7 @@ def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
     plot_best_curves(s, cfg, d / "best_curves.png")
     if (key := grid_axis(cfg)) is not None:
         plot_grid_axis(s, cfg, key, d / "grid_curves.png")
+        plot_grid_lr(s, cfg, key, d / "grid_lr.png")
     if any(c.tuning is not None for c in s.curves.values()):
         plot_tuning(s, cfg, d / "tuning_curves.png")
     if cfg.target is not None and s.ranked:

@@ -60,3 +60,12 @@ def test_cpu_tanh_gelu_matches_float64_reference(shape):
     # Other dtypes go through ATen's fused kernel unchanged.
     xb = x.detach().bfloat16()
     assert torch.equal(gelu_tanh(xb), torch.nn.functional.gelu(xb, approximate="tanh"))
+
+
+def test_null_n_head_keeps_the_head_width_across_a_width_ladder():
+    from configs.errors import UserError
+    from model.config import GPTConfig
+
+    assert [GPTConfig(n_embd=w, n_head=None, head_dim=32).n_head for w in (64, 128, 256)] == [2, 4, 8]
+    with pytest.raises(UserError, match="not a multiple of model.head_dim=32"):
+        GPTConfig(n_embd=100, n_head=None, head_dim=32)

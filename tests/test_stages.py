@@ -135,6 +135,10 @@ def test_a_sweep_of_one_numeric_axis_plots_the_score_against_it(tmp_path):
                      grid={"model.n_embd": [64, 128]})
     assert sweep.main(["report", f"sweep.dir={d}"]) == 0
     assert (d / "grid_curves.png").stat().st_size > 0
+    assert (d / "grid_lr.png").stat().st_size > 0                 # the best lr against the axis
+    report = (d / "report.md").read_text()                        # the ordering at each value
+    assert "- n_embd=64: a < b (a - b = -0.1000 [-0.1000, -0.1000])" in report
+    assert "- n_embd=128: b < a (b - a = -0.1000 [-0.1000, -0.1000])" in report
     assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512]})) == "train.batch_size"
     assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512], "model.n_embd": [64, 128]})) is None
     assert grid_axis(SweepConfig(grid={"optimizer.decay_style": ["adaptive", "decoupled"]})) is None
