@@ -41,7 +41,7 @@ from trainer.stop import GracefulStop
 # Peak dense bf16 FLOP/s by device name, for MFU; the first name found in the device's wins,
 # so variants come before their family (an H100 PCIe is not an SXM H100).
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12,
-              "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,
+              "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
               "4090": 165e12, "V100": 125e12}
 
 
@@ -77,15 +77,21 @@ def peak_flops(device: str) -> float | None:
     return peak_flops_of(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
 
 
-def wrap_model(model, compile: bool, env: DistEnv):
-    """The model the loop calls: compiled (the resolved compile, never the config's string)
-    and/or under DDP; parameters stay the raw model's."""
+def wrap_model(model, compile: bool, env: DistEnv, bucket_mb: float = 25.0):
+    """(what the training steps call, what evaluation calls): compiled (the resolved compile,
+    never the config's string) and, to train, under DDP; parameters stay the raw model's.
+    Evaluation runs the compiled module without DDP (no gradients to synchronize); its batches
+    have the training shapes, so it compiles once more (no_grad), not per batch.
+    DDP: gradient_as_bucket_view (the gradients are views into the buckets: no second copy of
+    every gradient) and bucket_cap_mb=ddp_bucket_mb."""
     if compile:
         model = torch.compile(model)
+    evaluated = model
     if env.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
-    return model
+        model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None,
+                    gradient_as_bucket_view=True, bucket_cap_mb=bucket_mb)
+    return model, evaluated
 
 
 def describe(raw_model, t, env: DistEnv, accum: int, block_size: int, tokens_per_step: int) -> str:
@@ -114,7 +120,7 @@ def run(cfg_node) -> dict:
     from optim import build_optimizer
 
     cfg = to_object(cfg_node)
-    env = setup(cfg.device, cfg.backend)
+    env = setup(cfg.device, cfg.backend, cfg.dist_timeout_s)
     log = print if env.is_main else (lambda *a, **k: None)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -174,7 +180,8 @@ def run(cfg_node) -> dict:
         peak = peak_flops(device) * env.world_size if peak_flops(device) else None
         log(describe(raw_model, t, env, accum, task.block_size, progress.tokens_per_step))
         progress.wall0 = time.time()
-        r = Run(cfg=cfg, env=env, task=task, model=wrap_model(model, precision.compile, env),
+        trained, evaluated = wrap_model(model, precision.compile, env, cfg.ddp_bucket_mb)
+        r = Run(cfg=cfg, env=env, task=task, model=trained, eval_model=evaluated,
                 raw_model=raw_model, optimizer=optimizer, scaler=scaler, autocast=autocast,
                 precision=precision, accum=accum,
                 progress=progress, out_dir=out_dir, config=config, peak=peak,
@@ -198,7 +205,8 @@ class Run:
     env: DistEnv
     task: Any
     model: Any                # what the steps call (compiled, DDP-wrapped)
-    raw_model: Any            # its parameters: what is evaluated and saved
+    eval_model: Any           # what evaluation calls (compiled, no DDP)
+    raw_model: Any            # its parameters: what is saved
     optimizer: Any
     scaler: Any
     autocast: Any
@@ -302,7 +310,7 @@ class Run:
         return self.write_summary(status)
 
     def evaluate(self) -> None:
-        metrics = evaluate(self.task, self.raw_model, self.cfg.train, self.env, self.autocast)
+        metrics = evaluate(self.task, self.eval_model, self.cfg.train, self.env, self.autocast)
         record = self.progress.eval_record(metrics)
         if self.logger:
             self.logger.log(record)
@@ -327,7 +335,7 @@ class Run:
                      f"lambda {t.eval_ema_lambda}, from step {self.tail_ema.start})")
         if t.eval_at_end and p.last_eval != p.step:
             self.evaluate()
-        p.final_val_full = final_eval(self.task, self.raw_model, t, self.env, self.autocast)
+        p.final_val_full = final_eval(self.task, self.eval_model, t, self.env, self.autocast)
         if p.final_val_full is not None:
             self.bar.write(f"final val loss on the whole val split: {p.final_val_full:.4f}")
         self.save_checkpoint()

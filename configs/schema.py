@@ -49,6 +49,12 @@ class RunConfig:
     tf32: bool = True                    # CUDA float32 matmuls in TF32 (nanoGPT); false: full fp32
     threads: int = 0                     # torch CPU threads; 0 leaves torch's default
     backend: str = "auto"                # torch.distributed backend: auto | gloo | nccl
+    # How long a collective may wait (s) before the process group fails: rank 0's checkpoint
+    # write of a large model must fit in it.
+    dist_timeout_s: int = 600
+    # DDP's gradient bucket size (MB): fewer, larger buckets mean fewer all-reduces and fewer
+    # breaks of a compiled graph; torch's default is 25.
+    ddp_bucket_mb: float = 25.0
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -60,6 +66,9 @@ class RunConfig:
         self.compile = str(self.compile).lower()
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UserError(f"unknown device={self.device!r}; use auto, cpu, cuda or cuda:N")
+        if self.dist_timeout_s < 1 or not self.ddp_bucket_mb > 0:
+            raise UserError(f"dist_timeout_s={self.dist_timeout_s} must be >= 1 and ddp_bucket_mb="
+                            f"{self.ddp_bucket_mb} > 0")
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend={self.backend!r}; use {', '.join(BACKENDS[:-1])} "
                             f"or {BACKENDS[-1]}")

@@ -123,8 +123,10 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
-        """Logits (B, T, vocab); with targets, also the mean cross-entropy (targets -1 ignored)."""
+    def forward(self, idx, targets=None, return_logits: bool = False):
+        """(logits (B, T, vocab), None); with targets (None, the mean cross-entropy, targets -1
+        ignored): the full logits are not handed back unless return_logits, so neither they nor
+        their float32 copy outlive the loss (1.2 GB in bf16 a micro-step at GPT-2's batch)."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
@@ -137,7 +139,7 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count (the tied head counted once); without position embeddings by default."""

@@ -145,9 +145,10 @@ class Track3GPT(nn.Module):
             else:
                 raise AssertionError(f"uninitialized parameter: {name}")
 
-    def forward(self, idx, targets=None):
-        """Soft-capped float32 logits (B, T, vocab); with targets, also their mean cross-entropy
-        (targets -1 ignored). Runs in the embedding's dtype, as theirs (see Linear)."""
+    def forward(self, idx, targets=None, return_logits: bool = False):
+        """(soft-capped float32 logits (B, T, vocab), None); with targets (None, their mean
+        cross-entropy, targets -1 ignored; the logits too with return_logits). Runs in the
+        embedding's dtype, as theirs (see Linear)."""
         x = self.norm1(self.embed(idx))
         for block in self.blocks:
             x = block(x)
@@ -157,7 +158,7 @@ class Track3GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the token embedding (a lookup, no matmul: the

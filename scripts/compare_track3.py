@@ -221,7 +221,7 @@ def main() -> None:
     with torch.no_grad():
         loss_sum = theirs(x, y).item()
         logits_theirs = F.logits.view(y.shape[0], y.shape[1], -1)
-        logits_ours, loss_ours = ours(x, y)
+        logits_ours, loss_ours = ours(x, y, return_logits=True)
     logits_rel = ((logits_ours - logits_theirs).abs().max() / logits_theirs.abs().max()).item()
     loss_rel = abs(loss_ours.item() - loss_sum / y.numel()) / (loss_sum / y.numel())
     print(f"their checkout: {COMMIT.split('@')[0]}@{commit}")

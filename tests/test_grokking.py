@@ -124,7 +124,7 @@ def test_evaluate_loss_matches_gpt_loss():
     assert not model.training
     with torch.no_grad():
         for split in ("train", "val"):
-            logits, loss = model(*task.data[split])
+            logits, loss = model(*task.data[split], return_logits=True)
             assert m[f"{split}/loss"] == pytest.approx(loss.item(), rel=1e-5)
             acc = (logits[:, -1].argmax(-1) == task.data[split][1][:, -1]).float().mean().item()
             assert m[f"{split}/acc"] == pytest.approx(acc)

@@ -137,7 +137,7 @@ def test_logits_are_soft_capped_and_loss_is_their_mean_cross_entropy():
     targets = torch.randint(0, V, (2, 16))
     targets[0, :5] = -1
     with torch.no_grad():
-        logits, loss = m(idx, targets)
+        logits, loss = m(idx, targets, return_logits=True)
     z = raw["z"].double()
     assert logits.dtype == torch.float32 and z.abs().max() > 50
     capped = 15 * z / torch.sqrt(z * z + 225)
@@ -154,7 +154,7 @@ def test_bf16_embedding_runs_the_forward_in_bf16():
     assert m.embed.weight.dtype == torch.bfloat16 and m.lm_head.weight.dtype == torch.float32
     seen = {}
     m.lm_head.register_forward_hook(lambda mod, inp, out: seen.update(dtype=out.dtype))
-    logits, loss = m(torch.randint(0, V, (1, 8)), torch.randint(0, V, (1, 8)))
+    logits, loss = m(torch.randint(0, V, (1, 8)), torch.randint(0, V, (1, 8)), return_logits=True)
     assert seen["dtype"] == torch.bfloat16 and logits.dtype == torch.float32
     assert Track3GPT(cfg()).embed.weight.dtype == torch.float32   # our default
 
@@ -163,7 +163,7 @@ def test_forward_backward_on_cpu():
     torch.manual_seed(0)
     m = Track3GPT(cfg())
     idx = torch.randint(0, V, (2, 32))
-    logits, loss = m(idx, torch.roll(idx, -1, 1))
+    logits, loss = m(idx, torch.roll(idx, -1, 1), return_logits=True)
     assert logits.shape == (2, 32, 256)
     assert abs(loss.item() - math.log(256)) < 1e-4   # the zero head: uniform over the padded vocab
     loss.backward()

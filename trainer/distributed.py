@@ -57,7 +57,9 @@ def setup(device: str, backend: str = "auto", timeout_s: int = 600) -> DistEnv:
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    # device_id binds the NCCL communicator to this rank's GPU at once (no lazy init, no guess)
+    bind = {"device_id": torch.device(device)} if device.startswith("cuda") else {}
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **bind)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

@@ -1,0 +1,91 @@
+"""The training engine's GPU-facing choices, checked on CPU proxies: the loss-only forward keeps
+no second copy of the logits, evaluation goes through the compiled module, DDP is built with
+gradient_as_bucket_view and the configured bucket size, the peak-FLOPs table names the right GPU,
+and bad settings are one error line."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import train
+from configs.errors import UserError
+from model import GPT, GPTConfig
+from runs import tiny_args
+from trainer.distributed import DistEnv
+
+
+def saved_bytes_of_shape(model, x, y, numel: int) -> list:
+    """The tensors autograd keeps for backward in model(x, y) with `numel` elements."""
+    kept = []
+
+    def pack(t):
+        if t.numel() == numel and (t.dtype, tuple(t.shape), t.data_ptr()) not in kept:
+            kept.append((t.dtype, tuple(t.shape), t.data_ptr()))
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x, y)
+    return out, [k[:2] for k in kept]
+
+
+def test_the_loss_only_forward_neither_returns_nor_keeps_a_second_logits_copy():
+    torch.manual_seed(0)
+    V, B, T = 512, 3, 16
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=T, vocab_size=V, pad_vocab_to=1))
+    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    (logits, loss), kept = saved_bytes_of_shape(model, x, y, B * T * V)
+    assert logits is None and loss.ndim == 0
+    assert kept == [(torch.float32, (B * T, V))]      # the log-probabilities cross-entropy needs
+    logits, loss2 = model(x, y, return_logits=True)   # asked for: as before, the same loss
+    assert logits.shape == (B, T, V) and torch.equal(loss, loss2)
+
+
+def test_evaluation_runs_through_the_compiled_module(tmp_path, small_text, monkeypatch):
+    calls = {"train": 0, "eval": 0}
+
+    class Compiled(torch.nn.Module):   # stands in for torch.compile's OptimizedModule
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *a, **k):
+            calls["train" if self.training else "eval"] += 1
+            return self.inner(*a, **k)
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.inner, name)
+
+    monkeypatch.setattr(torch, "compile", lambda m, **k: Compiled(m))
+    assert train.main(tiny_args(tmp_path, small_text, f"out_dir={tmp_path / 'run'}",
+                                "compile=true", "train.max_iters=4", "train.eval_interval=2",
+                                "train.final_eval_tokens=64")) == 0
+    assert calls["train"] == 4 and calls["eval"] > 0
+
+
+def test_ddp_is_built_with_bucket_views_and_the_bucket_size(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=64))
+        env = DistEnv(rank=0, local_rank=0, world_size=2, device="cpu")   # enabled: wraps
+        trained, evaluated = train.wrap_model(model, False, env, bucket_mb=7.5)
+        assert trained.gradient_as_bucket_view and trained.bucket_bytes_cap == int(7.5 * 1024 * 1024)
+        assert evaluated is model                     # evaluation skips DDP
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA L40", 181e12), ("NVIDIA L40S", 362e12),
+                                        ("NVIDIA L4", 121e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                                        ("NVIDIA H100 PCIe", 756e12)])
+def test_peak_flops_names_the_right_gpu(name, peak):
+    assert train.peak_flops_of(name) == peak
+
+
+def test_bad_distributed_settings_are_one_error_line():
+    from configs import load_config, to_object
+    for bad in ("dist_timeout_s=0", "ddp_bucket_mb=0"):
+        with pytest.raises(UserError, match="dist_timeout_s=.* ddp_bucket_mb="):
+            to_object(load_config([bad]))
