@@ -264,8 +264,7 @@ class Run:
                                           autocast=self.autocast, reduction=t.loss_reduction)
             watch.update(train_loss, p.step)
             if must_look(p.step + 1, t):   # the one host sync of a log interval
-                diverged_at, loss_value, *stop_flag = watch.read(train_loss, *stop.shared())
-                stop.agree(stop_flag)       # torchrun: every rank's signal, read in this sync
+                diverged_at, loss_value = watch.read(train_loss)
                 if diverged_at is not None:
                     p.diverged_at, p.step = diverged_at, diverged_at - 1
                     self.bar.write(f"diverged at step {diverged_at}: train loss non-finite or "
@@ -279,6 +278,7 @@ class Run:
             if p.step % t.log_interval == 0 or p.step == t.max_iters:
                 self.log_train(loss_value, *timer.window())
             self.bar.update(1)
+            stop.exchange(p.step)           # torchrun: the ranks' flags, read one step late
             if stop.now():
                 break
             if t.ckpt_interval and p.step % t.ckpt_interval == 0 and p.step < t.max_iters:

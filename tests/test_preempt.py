@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,7 +204,8 @@ def worker_pid(torchrun: subprocess.Popen, rank: int) -> int | None:
 
 
 def test_torchrun_signal_to_one_rank(tmp_path, small_text):
-    """SIGUSR1 reaches rank 1 only: the ranks agree at the next log step, both stop there."""
+    """SIGUSR1 reaches rank 1 only: the ranks agree one step after the step in which rank 1 saw
+    it (its flag is all-reduced every step and read one step late), and both stop there."""
     out, log = tmp_path / "run", tmp_path / "run.log"
     proc = start_train(torchrun_args(tmp_path, small_text, out, "train.max_iters=100000"), log, 2)
     wait_for("a train record", lambda: trained(out), proc, log)
@@ -213,7 +215,9 @@ def test_torchrun_signal_to_one_rank(tmp_path, small_text):
     finish(proc, log)
     s = check_interrupted(out, 100000)
     assert s["world_size"] == 2 and s["ranks_in_sync"] is True, s
-    assert s["steps"] % 5 == 0, "the ranks stop at a log step (train.log_interval=5)"
+    seen = re.search(r"rank 1: SIGUSR1 seen after step (\d+)", log.read_text())
+    assert seen is not None, tail(log)
+    assert s["steps"] == int(seen.group(1)) + 1, (s["steps"], seen.group(0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ taken as a copy of it (SLURM signals every process of a job step, and torchrun a
 a signal on, so one request can arrive twice).
 
 Under torchrun the ranks must stop at the same step, or one would wait forever in a collective.
-A handler only sets its rank's host-side flag; the ranks agree at the loop's existing host sync
-(train.py's must_look steps: log, eval, checkpoint and last steps) with an all-reduce (MAX) of
-the flags whose result is read in that same sync, so a CUDA run keeps one host sync per log
-interval and stops at most train.log_interval steps after the signal. A single process stops
-after the step it is in.
+A handler only sets its rank's host-side flag; every step the ranks all-reduce (MAX) the flags
+on the device and copy the result to pinned host memory without waiting, and read the copy one
+step later (long done by then: no host sync on the step's critical path). Every rank reads the
+same value at the same step, so they stop together, one step after the step in which a rank
+first saw its signal. A single process stops after the step it is in.
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ class GracefulStop:
         self.env = env
         self.signal: Optional[int] = None    # the first signal this process received
         self.first_at = 0.0
-        self.agreed = False                  # torchrun: a rank had one at the last agreement
+        self.agreed = False                  # torchrun: a rank had one, read one step late
+        self.seen_at: Optional[int] = None   # the step after which this rank first saw its signal
+        self._pending = None                 # (host copy of the all-reduced flag, its CUDA event)
         self.previous = {}
 
     def __enter__(self) -> "GracefulStop":
@@ -77,20 +79,31 @@ class GracefulStop:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    def shared(self) -> list:
-        """Under torchrun, [every rank's flag all-reduced (MAX)] as a device scalar for the
-        caller to read in its own host sync, then pass to agree(); [] in a single process.
-        A collective: every rank calls it at the same steps."""
+    def exchange(self, step: int) -> None:
+        """Under torchrun, after every step (a collective: every rank calls it at each step):
+        read the previous step's agreed flag, then start this step's all-reduce (MAX) of the
+        flags and its non-blocking copy to the host."""
+        if self.signal is not None and self.seen_at is None:
+            self.seen_at = step
+            if self.env.enabled:
+                say(f"rank {self.env.rank}: {self.name} seen after step {step}")
         if not self.env.enabled:
-            return []
+            return
+        if self._pending is not None:
+            host, event = self._pending
+            if event is not None:
+                event.synchronize()   # the copy of a step ago: done long since
+            self.agreed = self.agreed or bool(host.item() > 0)
         flag = torch.full((), float(self.signal is not None), device=self.env.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return [flag]
-
-    def agree(self, values: list) -> None:
-        """The value read of shared()'s flag (nothing in a single process)."""
-        if values:
-            self.agreed = values[0] > 0
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)   # NCCL: queued on the device, no host wait
+        if flag.is_cuda:
+            host = torch.empty((), dtype=flag.dtype, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+        else:
+            self._pending = (flag, None)
 
     def now(self) -> bool:
         """Whether the loop stops after this step: the same answer on every rank."""
