@@ -190,7 +190,8 @@ def run(cfg_node) -> dict:
                                  sent) if env.is_main else None,
                 bar=tqdm(total=t.max_iters, initial=progress.step, disable=not env.is_main,
                          dynamic_ncols=True, desc=cfg.optimizer.name, mininterval=1.0),
-                stop=GracefulStop(env), tail_ema=tail_ema)
+                stop=GracefulStop(env), tail_ema=tail_ema,
+                ckpt_writer=checkpoint.Writer() if t.async_ckpt and env.is_main else None)
         return r.run()
     finally:
         if lock is not None:
@@ -223,6 +224,7 @@ class Run:
     bar: Any
     stop: GracefulStop        # the signal handlers, installed while run() trains
     tail_ema: Any = None      # train.eval_ema's TailEma, or None
+    ckpt_writer: Any = None   # train.async_ckpt: rank 0's background checkpoint writer
 
     def run(self) -> dict:
         """train() under the graceful-stop handlers; a crash is recorded (summary.json status
@@ -235,6 +237,8 @@ class Run:
         except Exception as exc:
             self.bar.close()
             error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            with suppress(Exception):   # the last checkpoint written so far stays valid
+                self.ckpt_writer and self.ckpt_writer.wait()
             with suppress(UserError):   # a full disk may refuse summary.json as well
                 self.write_summary(Status.FAILED, error=error)
             raise
@@ -303,6 +307,8 @@ class Run:
             self.end_of_training()
             status = Status.COMPLETED
         self.bar.close()
+        if self.ckpt_writer is not None:   # the last checkpoint on disk before the summary
+            self.ckpt_writer.wait()
         if status == Status.INTERRUPTED:
             ckpt = self.out_dir / checkpoint.FILE
             self.log(f"stopped by {self.stop.name} after step {p.step}: {ckpt} written; run the "
@@ -346,7 +352,7 @@ class Run:
                         best_val_loss=self.progress.best_val, config=self.config,
                         device=self.env.device, is_main=self.env.is_main,
                         consolidate=self.cfg.train.zero and self.env.enabled,
-                        tail_ema=self.tail_ema)
+                        tail_ema=self.tail_ema, writer=self.ckpt_writer)
 
     def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = finish(self.progress, status, self.task, self.raw_model, self.env, error)

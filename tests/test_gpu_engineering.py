@@ -89,3 +89,49 @@ def test_bad_distributed_settings_are_one_error_line():
     for bad in ("dist_timeout_s=0", "ddp_bucket_mb=0"):
         with pytest.raises(UserError, match="dist_timeout_s=.* ddp_bucket_mb="):
             to_object(load_config([bad]))
+
+
+def test_the_checkpoint_write_is_off_the_steps_path(tmp_path, monkeypatch):
+    """A slow disk: save() returns while the writer is still blocked, with the state as it was
+    at save() (training may change the weights meanwhile); wait() returns once it is on disk."""
+    import threading
+
+    from trainer import checkpoint
+
+    release, started = threading.Event(), threading.Event()
+    real_save = torch.save
+
+    def slow_save(obj, f):
+        started.set()
+        assert release.wait(timeout=60), "the test never released the writer"
+        real_save(obj, f)
+    monkeypatch.setattr(checkpoint.torch, "save", slow_save)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=64))
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    writer = checkpoint.Writer()
+    checkpoint.save(tmp_path, model=model, optimizer=opt, scaler=scaler, step=3, best_val_loss=1.0,
+                    config={}, device="cpu", is_main=True, consolidate=False, writer=writer)
+    assert started.wait(timeout=60) and not (tmp_path / checkpoint.FILE).exists()   # still writing
+    with torch.no_grad():                        # the next steps change the weights
+        for p in model.parameters():
+            p.add_(1.0)
+    release.set()
+    writer.wait()
+    saved = checkpoint.load(tmp_path / checkpoint.FILE)
+    assert saved["step"] == 3
+    assert all(torch.equal(saved["model"][k], v) for k, v in before.items())
+
+
+def test_a_failed_background_write_is_raised_by_wait(tmp_path, monkeypatch):
+    from trainer import checkpoint
+
+    def full_disk(obj, f):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    writer = checkpoint.Writer()
+    writer.submit(tmp_path / checkpoint.FILE, {"step": 1})
+    with pytest.raises((UserError, OSError)):
+        writer.wait()
+    writer.wait()                                 # raised once; the writer is usable again

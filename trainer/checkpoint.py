@@ -8,6 +8,9 @@ A damaged or foreign file, or the checkpoint of another run (STATE_KEYS differ),
 UserError naming it, before anything is loaded into the model.
 Under ZeRO-1 every rank sends its optimizer-state shard to rank 0 first, so a checkpoint is
 always the unsharded one and resumes at any world size.
+Off the step's path (train.async_ckpt, the default): rank 0 copies the state to host memory
+(pinned, from a GPU) and a background thread serializes and writes it while training goes on;
+one write at a time, and the run waits for the last one before its summary and exit.
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ PARTS = ("model", "optimizer", "scaler", "step", "best_val_loss", "rng_cpu")
 
 
 def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: float,
-         config: dict, device: str, is_main: bool, consolidate: bool, tail_ema=None) -> None:
-    """A collective when `consolidate` (ZeRO-1): call it on every rank; rank 0 writes.
-    tail_ema (train.eval_ema, trainer/tail_ema.py): its EMA goes along as "eval_ema"."""
+         config: dict, device: str, is_main: bool, consolidate: bool, tail_ema=None,
+         writer: "Writer | None" = None) -> None:
+    """A collective when `consolidate` (ZeRO-1): call it on every rank; rank 0 writes, through
+    `writer` in the background when given. tail_ema (train.eval_ema, trainer/tail_ema.py): its
+    EMA goes along as "eval_ema"."""
     if consolidate:
         optimizer.consolidate_state_dict(to=0)
     if not is_main:
@@ -42,7 +47,59 @@ def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: f
         state["eval_ema"] = tail_ema.state_dict()
     if device.startswith("cuda"):
         state["rng_cuda"] = torch.cuda.get_rng_state()
-    write_atomic(Path(out_dir) / FILE, lambda f: torch.save(state, f))
+    if writer is None:
+        write_atomic(Path(out_dir) / FILE, lambda f: torch.save(state, f))
+    else:
+        writer.submit(Path(out_dir) / FILE, state)
+
+
+def to_host(obj):
+    """A copy of a state dict whose tensors are the state's at this moment, on the host (pinned
+    when from a GPU, copied without blocking; the caller syncs once): training may go on."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_cuda:
+            out = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
+            return out.copy_(obj, non_blocking=True)
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
+
+
+class Writer:
+    """Checkpoint writes in a background thread, one at a time: submit() copies the state to the
+    host and returns; the serialization and the (atomic) write happen meanwhile. wait() blocks
+    until the last write is on disk and raises its error, if any (a full disk: UserError)."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def submit(self, path: Path, state: dict) -> None:
+        import threading
+
+        self.wait()                         # one write at a time; surfaces the last one's error
+        host = to_host(state)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()        # the non-blocking copies have landed
+
+        def write():
+            try:
+                write_atomic(path, lambda f: torch.save(host, f))
+            except BaseException as exc:   # re-raised by wait(), in the training thread
+                self._error = exc
+        self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def first_line(exc: BaseException) -> str:

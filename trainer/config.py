@@ -63,6 +63,7 @@ class TrainConfig:
     eval_ema_start: Optional[int] = None
     diverge_loss: float = 20.0           # a train loss above this (or non-finite) ends the run
     ckpt_interval: int = 250             # 0: only at the end
+    async_ckpt: bool = True              # write ckpt.pt in a background thread (trainer/checkpoint.py)
     zero: bool = False                   # ZeRO-1 optimizer-state sharding (torchrun)
     eval_at_end: bool = True
     # The loss the gradient is taken of: mean (over the step's tokens) or sum (Track 3's: the
