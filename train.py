@@ -248,7 +248,8 @@ class Run:
 
     def train(self) -> dict:
         t, p, stop = self.cfg.train, self.progress, self.stop
-        watch, timer = DivergenceWatch(t.diverge_loss, self.env.device), StepTimer(self.env.device)
+        watch = DivergenceWatch(t.diverge_loss, self.env.device, self.env)
+        timer = StepTimer(self.env.device)
         self.model.train()
         solved = False
         while p.step < t.max_iters:
@@ -266,9 +267,9 @@ class Run:
             train_loss = forward_backward(self.model, self.task, self.scaler, step=p.step,
                                           accum=self.accum, batch_size=t.batch_size, env=self.env,
                                           autocast=self.autocast, reduction=t.loss_reduction)
-            watch.update(train_loss, p.step)
+            watch.add(train_loss, p.step)
             if must_look(p.step + 1, t):   # the one host sync of a log interval
-                diverged_at, loss_value = watch.read(train_loss)
+                diverged_at, loss_value = watch.read()
                 if diverged_at is not None:
                     p.diverged_at, p.step = diverged_at, diverged_at - 1
                     self.bar.write(f"diverged at step {diverged_at}: train loss non-finite or "

@@ -190,15 +190,15 @@ def _cpu_exact(X: Tensor) -> bool:
 
 def col_sum_sq(X: Tensor) -> Tensor:
     """sum_i X[:, i, j]² of a (k, m, n) stack as (k, n), in float32 at least. A sum of squares:
-    torch vectorizes that column reduction, not vector_norm's (4-5x slower on CPU). On GPUs
-    matrix by matrix (each temporary one matrix). On CPU a float32/float64 stack squares
+    torch vectorizes that column reduction, not vector_norm's (4-5x slower on CPU). Elsewhere
+    (GPUs; bf16) the whole stack in one op (a float32 temporary of the stack: a few kernels
+    where one per matrix launched ~250 a step). On CPU a float32/float64 stack squares
     SQUARE_CHUNK matrices per op into one buffer kept between calls (the same kernels and the
     same numbers, tested): a fresh temporary page-faults on every step (see
     spectral.Workspace), and on a busy machine every parallel op waits for its threads, so
     fewer, larger ops win (NAMO-D was 10% slower than Muon with one op per matrix)."""
     if not (_cpu_exact(X) and len(X)):
-        return torch.cat([x.to(torch.promote_types(x.dtype, torch.float32)).square().sum(dim=1)
-                          for x in X.split(1)])
+        return X.to(torch.promote_types(X.dtype, torch.float32)).square().sum(dim=1)
     m, n = X.shape[1:]
     return torch.cat([torch.mul(x, x, out=_square_buffer(len(x), m, n, X.dtype)).sum(dim=1)
                       for x in X.split(SQUARE_CHUNK)])
@@ -208,8 +208,10 @@ def col_sum_sq_each(tensors: list[Tensor]) -> list[Tensor]:
     """col_sum_sq of each (k_i, m, n) tensor, as a list of (k_i, n). On CPU (float32 or wider,
     one dtype) up to SQUARE_CHUNK matrices are first copied into the buffer together, then
     squared and summed by one op each: the same numbers as one by one, in a few ops."""
-    if not all(_cpu_exact(t) and t.dtype == tensors[0].dtype for t in tensors):
+    if not all(t.dtype == tensors[0].dtype for t in tensors):
         return [col_sum_sq(t) for t in tensors]
+    if not all(_cpu_exact(t) for t in tensors):   # GPUs: one stack, one reduction
+        return list(col_sum_sq(torch.cat(tensors)).split([len(t) for t in tensors]))
     (m, n), out, i = tensors[0].shape[1:], [], 0
     while i < len(tensors):
         j, c = i + 1, len(tensors[i])

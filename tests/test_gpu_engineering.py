@@ -135,3 +135,30 @@ def test_a_failed_background_write_is_raised_by_wait(tmp_path, monkeypatch):
     with pytest.raises((UserError, OSError)):
         writer.wait()
     writer.wait()                                 # raised once; the writer is usable again
+
+
+def test_namo_d_column_sums_take_a_few_ops_off_the_cpu_path():
+    """The GPU path of col_sum_sq(_each) (taken here by bf16 tensors): a few ops for 48
+    matrices, not several per matrix, and the float64 reference's numbers."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from optim.rules import col_sum_sq, col_sum_sq_each
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    grads = [torch.randn(k, 32, 48).bfloat16() for k in [3, 1, 1, 1] * 12]   # 48 matrices
+    with Count() as c:
+        got = col_sum_sq_each(grads)
+        stack = col_sum_sq(torch.cat(grads))
+    assert c.ops <= 20, c.ops        # matrix by matrix: 4 ops each, about 200
+    want = [g.double().square().sum(dim=1) for g in grads]
+    assert all(torch.allclose(a.double(), b, rtol=1e-6) for a, b in zip(got, want))
+    assert torch.allclose(stack.double(), torch.cat(want), rtol=1e-6)

@@ -93,9 +93,10 @@ def set_lr(optimizer, step: int, t) -> None:
 
 def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: int,
                      env: DistEnv, autocast, reduction: str = "mean") -> torch.Tensor:
-    """Gradients of one step's `accum` micro-batches on this rank; returns the step's train
-    loss averaged over micro-batches and ranks, as a float64 scalar on the device (every rank
-    gets the same number). Nothing here waits for the device: read the loss when it is needed.
+    """Gradients of one step's `accum` micro-batches on this rank; returns this rank's train
+    loss averaged over its micro-batches, as a float64 scalar on the device (DivergenceWatch
+    averages the ranks' losses once per look, not every step). Nothing here waits for the
+    device: read the loss when it is needed.
     reduction=sum (train.loss_reduction): the gradient of the summed token losses of the whole
     step, over all ranks (DDP averages over ranks, hence the world size), as Track 3 takes it."""
     loss_sum = None
@@ -113,32 +114,39 @@ def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: 
         else:
             scaler.scale(loss * ((y != -1).sum() * env.world_size)).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-    train_loss = loss_sum.double() / accum
-    if env.enabled:
-        torch.distributed.all_reduce(train_loss)
-        train_loss /= env.world_size
-    return train_loss
+    return loss_sum.double() / accum
 
 
 class DivergenceWatch:
-    """The first step whose train loss was non-finite or above the limit, kept on the device
-    (no sync per step) and read when the loop looks (at log points, before an evaluation or a
-    checkpoint): a diverged run still ends with its exact diverged_at_step."""
+    """The first step whose train loss (the mean over ranks) was non-finite or above the limit.
+    The steps' losses wait on the device (add, no sync) until the loop looks (at log points,
+    before an evaluation, a checkpoint or the end): then one all-reduce averages all of them
+    over the ranks and one host sync reads the verdict and the last loss, so a diverged run
+    still ends with its exact diverged_at_step."""
 
-    def __init__(self, limit: float, device: str):
-        self.limit = limit
+    def __init__(self, limit: float, device: str, env: DistEnv | None = None):
+        self.limit, self.env = limit, env
         self.first = torch.full((), -1, dtype=torch.int64, device=device)
+        self.losses, self.steps = [], []
 
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss) | (loss > self.limit)
-        self.first = torch.where(bad & (self.first < 0), step, self.first)
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        self.losses.append(loss)
+        self.steps.append(step)
 
-    def read(self, loss: torch.Tensor, *others: torch.Tensor) -> tuple:
-        """(the 1-based step that diverged or None, the loss as a float, then each of `others`,
-        device scalars read along, as a float): one host sync."""
-        first, value, *rest = torch.stack([self.first.double(), loss.double(),
-                                           *(o.double() for o in others)]).tolist()
-        return ((None if first < 0 else int(first) + 1), value, *rest)
+    def read(self) -> tuple:
+        """(the 1-based step that diverged or None, the last step's mean loss as a float); a
+        collective under torchrun (every rank looks at the same steps)."""
+        losses = torch.stack(self.losses)
+        if self.env is not None and self.env.enabled:
+            torch.distributed.all_reduce(losses)
+            losses /= self.env.world_size
+        bad = ~torch.isfinite(losses) | (losses > self.limit)
+        steps = torch.tensor(self.steps, dtype=torch.int64, device=losses.device)
+        first_bad = torch.where(bad, steps, torch.iinfo(torch.int64).max).min()
+        self.first = torch.where((self.first < 0) & bad.any(), first_bad, self.first)
+        self.losses, self.steps = [], []
+        first, value = torch.stack([self.first.double(), losses[-1]]).tolist()
+        return (None if first < 0 else int(first) + 1), value
 
 
 class StepTimer:
