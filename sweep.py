@@ -64,7 +64,7 @@ from sweeper.wandb_export import write_wandb_sweeps
 from trainer.outputs import EXIT_INTERRUPTED
 
 # The fields a report reads: the stored sweep's, unless given on the command line.
-REPORT_FIELDS = ("name", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
+REPORT_FIELDS = ("name", "optimizers", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
                  "baseline", "resolve", "grid", "grid_points", "grid_points_by_optimizer",
                  "target", "target_sigma", "target_p", "target_loss_per_step", "decide", "tune",
                  "tune_by_optimizer", "max_rounds", "max_extend")

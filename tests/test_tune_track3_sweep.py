@@ -120,3 +120,14 @@ def test_bad_tune_axis_is_refused_before_anything_runs(tmp_path, small_text, sta
     assert not (tmp_path / "sw").exists()
     code = sweep.main(args(tmp_path, small_text, "sweep.decide=track3", "sweep.target=null"))
     assert code != 0 and "sweep.target=<val loss>" in capsys.readouterr().err
+
+
+def test_report_of_a_stored_sweep_keeps_its_per_optimizer_settings(tmp_path, small_text, stand_in):
+    """`sweep.py report sweep.dir=...` alone rebuilds the outputs of a sweep whose settings name
+    optimizers beyond the default's (tune_by_optimizer here): the stored optimizers come along."""
+    d = tmp_path / "sw"
+    assert sweep.main(args(tmp_path, small_text, "sweep.tune_by_optimizer={muon:[]}")) == 0
+    before = (d / "report.md").read_text()
+    (d / "report.md").unlink()
+    assert sweep.main(["report", f"sweep.dir={d}"]) == 0
+    assert (d / "report.md").read_text().split("\n", 3)[3] == before.split("\n", 3)[3]
