@@ -96,8 +96,11 @@ def stored_config(cli_cfg: SweepConfig, cli_keys: set, stored: dict) -> SweepCon
     """The config a report uses: the command line's, with the stored sweep's REPORT_FIELDS
     (their defaults where sweep.json lacks them) unless given on the command line."""
     defaults = SweepConfig()
-    return dataclasses.replace(cli_cfg, **{k: stored["sweep"].get(k, getattr(defaults, k))
-                                           for k in REPORT_FIELDS if k not in cli_keys})
+    # (stored["sweep"].get(k) or the default for `optimizers`: never an empty list)
+    return dataclasses.replace(cli_cfg, **{
+        k: (stored["sweep"].get(k) or defaults.optimizers) if k == "optimizers"
+        else stored["sweep"].get(k, getattr(defaults, k))
+        for k in REPORT_FIELDS if k not in cli_keys})
 
 
 def cmd_report(sweep_args: list[str], train_args: list[str]) -> int:

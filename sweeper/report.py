@@ -1,8 +1,7 @@
 """The outputs of a sweep in sweep.dir, rebuilt from its runs: results.csv (a row per run),
 report.md (chosen lr and its held-out score, stable range, the metric's columns, paired verdicts,
-every pair, speedups, every lr, failed runs), lr_curves.png (the metric against lr per curve,
-with 95% confidence bands), best_curves.png (the runs that score each curve) and, for a sweep of
-one numeric extra axis (sweep.grid, e.g. batch size), grid_curves.png (the score against it). Words, digits
+every pair, speedups, Track 3's rule with sweep.target, the ordering at each value of a numeric
+grid axis, the tuning, every lr, failed runs) and the figures (sweeper/plots.py). Words, digits
 and curves that depend on the metric come from its Metric.
 """
 from __future__ import annotations
@@ -11,14 +10,14 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, Optional
 
 from sweeper.config import fmt
 from sweeper.points import curve_label
 from sweeper.runner import collect
 from sweeper.paired import mean_interval
 from sweeper.stats import CurveStats, Summary, chain, neighbour_costs, summarize
-from trainer.outputs import SUMMARY_FIELDS, Status, read_metrics, write_atomic
+from trainer.outputs import SUMMARY_FIELDS, Status, write_atomic
 
 
 def write_results(d: Path, rows: list[dict]) -> None:
@@ -162,55 +161,6 @@ def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot_tuning(s: Summary, cfg, path: Path) -> None:
-    """Sensitivity: per tuned axis (one panel each) every curve's metric against the axis' values
-    in its last sweep, 95% t bands, the chosen value ringed."""
-    keys = list(dict.fromkeys(a.key for c in s.curves.values() if c.tuning
-                              for a in c.tuning.axes))
-    if not keys:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axs = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
-    colors = dict(zip(s.ranked, curve_colors(len(s.ranked))))
-    for ax, key in zip(axs[0], keys):
-        for curve in s.ranked:
-            c = s.curves[curve]
-            sweeps = [a for a in (c.tuning.axes if c.tuning else []) if a.key == key and a.done]
-            if not sweeps:
-                continue
-            a = sweeps[-1]
-            pts = [(v, st) for v, st in a.per_value if st is not None and st.values
-                   and isinstance(v, (int, float))]
-            if not pts:
-                continue
-            xs = [v for v, _ in pts]
-            band = [mean_interval(st.values) for _, st in pts]
-            ax.plot(xs, [b[0] for b in band], "o-", color=colors[curve], label=curve, ms=4)
-            ax.fill_between(xs, [b[1] if not math.isnan(b[1]) else b[0] for b in band],
-                            [b[2] if not math.isnan(b[2]) else b[0] for b in band],
-                            color=colors[curve], alpha=0.1, lw=0)
-            chosen = next((st for v, st in pts if v == a.chosen), None)
-            if chosen is not None:
-                ax.plot([a.chosen], [chosen.mean], "o", ms=11, mfc="none", color=colors[curve])
-        values = [v for c in s.curves.values() if c.tuning for a in c.tuning.axes
-                  if a.key == key for v, _ in a.per_value if isinstance(v, (int, float))]
-        if values and min(values) > 0:
-            ax.set_xscale("log")
-        elif values:
-            ax.set_xscale("symlog", linthresh=min([v for v in values if v > 0] or [1e-3]))
-        ax.set_xlabel(key)
-        ax.set_ylabel(s.metric.axis_label)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{cfg.name}: sensitivity around each tuned point (last sweep of each axis, "
-                 "tuning seeds, 95% CI; ring = chosen)", fontsize=9)
-    write_atomic(path, lambda out: fig.savefig(out, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-
-
 def verdict_lines(s: Summary, resolve: float) -> list[str]:
     m = s.metric
     held = all(sc.held_out for sc in s.scores.values())
@@ -334,122 +284,6 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------
-# Plots
-
-class Figure(NamedTuple):
-    fig: object
-    ax: object
-    plt: object
-
-
-def new_figure() -> Figure:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    return Figure(fig, ax, plt)
-
-
-def save_figure(f: Figure, path: Path, legend: bool) -> None:
-    if legend:
-        f.ax.legend(fontsize=8)
-    write_atomic(path, lambda out: f.fig.savefig(out, format="png", dpi=120, bbox_inches="tight"))
-    f.plt.close(f.fig)
-
-
-def curve_colors(n: int) -> list[str]:
-    """One colour per curve: matplotlib's default cycle (C0-C9) for up to 10 curves, tab20's 20
-    colours beyond that (so a 16-curve study no longer draws two curves in one colour)."""
-    if n <= 10:
-        return [f"C{i}" for i in range(n)]
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    tab20 = colormaps["tab20"].colors
-    return [to_hex(tab20[i % 20]) for i in range(n)]
-
-
-def label_lr_ticks(ax, lrs: list[float]) -> None:
-    """Name the grid's lrs on a log x axis (up to 12 of them; beyond, the decades). Matplotlib
-    labels the minor ticks of a span under two decades, and those labels overlap."""
-    from matplotlib.ticker import NullFormatter
-
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    grid = sorted(set(lrs))
-    if 1 < len(grid) <= 12:
-        ax.set_xticks(grid, [f"{lr:g}" for lr in grid])
-
-
-def plot_lr_curves(s: Summary, cfg, path: Path) -> None:
-    """Stage 1's mean per lr with its 95% t band (lrs added by bracketing hollow), x where runs
-    diverged, and each curve's held-out score at its chosen lr (a star with its interval)."""
-    f = new_figure()
-    ax = f.ax
-    colors = curve_colors(len(s.stats))
-    band_alpha = 0.2 if len(s.stats) <= 4 else 0.07   # many overlapping bands hide the means
-    for i, (curve, per_lr) in enumerate(s.stats.items()):
-        color = colors[i]
-        ok = [st for st in per_lr if st.values]
-        if ok:
-            band = [mean_interval(st.values) for st in ok]
-            ax.plot([st.lr for st in ok], [st.mean for st in ok], "o-", color=color, label=curve)
-            lo = [b[1] if not math.isnan(b[1]) else b[0] for b in band]
-            hi = [b[2] if not math.isnan(b[2]) else b[0] for b in band]
-            ax.fill_between([st.lr for st in ok], lo, hi, color=color, alpha=band_alpha, lw=0)
-            added = [st for st in ok if st.lr in s.extended.get(curve, [])]
-            ax.scatter([st.lr for st in added], [st.mean for st in added], s=60,
-                       facecolors="white", edgecolors=color, zorder=3)
-        sc = s.scores.get(curve)
-        if sc is not None and sc.held_out and sc.values:
-            mean, low, high = sc.interval
-            err = None if math.isnan(low) else [[mean - low], [high - mean]]
-            ax.errorbar([sc.lr], [mean], yerr=err, fmt="*", ms=11, color=color, capsize=3)
-        bad = [st.lr for st in per_lr if st.n_bad]
-        if bad:  # at the top of the axis, whatever the scale
-            ax.scatter(bad, [0.97 - 0.025 * (i % 4)] * len(bad), marker="x", color=color,
-                       transform=ax.get_xaxis_transform(), label=None if ok else curve)
-    lrs = [st.lr for per in s.stats.values() for st in per]
-    if lrs and not any(st.values for per in s.stats.values() for st in per):
-        ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)   # only x marks: no data limits to log-scale
-    ax.set_xscale("log")
-    label_lr_ticks(ax, lrs)
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(s.metric.axis_label)
-    ax.set_title(f"{cfg.name}: stage-1 mean, band 95% CI, hollow = added by bracketing, "
-                 f"star = held-out score, x = {s.metric.bad_marks}", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    save_figure(f, path, legend=bool(s.stats))
-
-
-def plot_best_curves(s: Summary, cfg, path: Path) -> None:
-    """The runs that score each curve (held-out seeds at its chosen lr, if any): the Metric's
-    series (val loss vs tokens; val and train accuracy vs step) of every seed."""
-    m = s.metric
-    f = new_figure()
-    ax = f.ax
-    colors = curve_colors(len(s.ranked))
-    for i, curve in enumerate(s.ranked):
-        best = s.curves[curve].best
-        for k, r in enumerate(s.scored.get(curve, best.runs)):
-            recs = read_metrics(r["_dir"])
-            label = f"{curve} (lr {best.lr:.3g})" if k == 0 else None
-            for series in m.series:
-                pts = [x for x in recs if x.get(series.key) is not None]
-                ax.plot([x[m.x_key] for x in pts], [x[series.key] for x in pts],
-                        *([series.fmt] if series.fmt else []), color=colors[i], lw=1,
-                        label=label if series.labelled else None)
-    if m.x_scale is not None:
-        ax.set_xscale(m.x_scale[0], **dict(m.x_scale[1]))
-    if s.target is not None:
-        ax.axhline(s.target, color="gray", ls="--", lw=0.8, label="target loss")
-    ax.set(xlabel=m.x_label, ylabel=m.y_label)
-    ax.set_title(f"{cfg.name}: every scoring seed at each optimizer's chosen lr", fontsize=10)
-    ax.grid(alpha=0.3)
-    save_figure(f, path, legend=bool(s.ranked))
-
-
 def grid_axis(cfg) -> Optional[str]:
     """The sweep's one numeric extra axis (sweep.grid with one key, no listed variants), if any:
     a study of that axis (batch size, width) gets grid_curves.png."""
@@ -458,66 +292,6 @@ def grid_axis(cfg) -> Optional[str]:
     (key, values), = cfg.grid.items()
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
     return key if numeric and len(values) > 1 else None
-
-
-def plot_grid_axis(s: Summary, cfg, key: str, path: Path) -> None:
-    """Each optimizer's score (held-out seeds at its chosen lr when there are any) against the
-    axis' values, mean with its 95% t interval; "k/n" where only k of n runs reached a value."""
-    f = new_figure()
-    ax = f.ax
-    optimizers = list(dict.fromkeys(curve.split(" ", 1)[0] for curve in s.stats))   # as run
-    for i, opt in enumerate(optimizers):
-        xs, means, errs = [], [], []
-        for v in sorted(cfg.grid[key]):
-            sc = s.scores.get(curve_label(opt, {key: v}))
-            if sc is None or not sc.values:
-                continue
-            mean, low, high = sc.interval
-            xs.append(v)
-            means.append(mean)
-            errs.append((0.0, 0.0) if math.isnan(low) else (mean - low, high - mean))
-            if sc.n_bad:
-                ax.annotate(f"{sc.n - sc.n_bad}/{sc.n}", (v, mean), textcoords="offset points",
-                            xytext=(5, 5), fontsize=8, color=f"C{i % 10}")
-        if xs:
-            ax.errorbar(xs, means, yerr=list(zip(*errs)), fmt="o-", color=f"C{i % 10}",
-                        capsize=3, label=opt)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(cfg.grid[key]), [str(v) for v in sorted(cfg.grid[key])])
-    ax.set_xlabel(key)
-    ax.set_ylabel(s.metric.axis_label)
-    held = any(sc.held_out for sc in s.scores.values())
-    ax.set_title(f"{cfg.name}: {'held-out seeds' if held else 'stage-1 seeds'} at each curve's "
-                 f"chosen lr, 95% CI; k/n: runs that reached a value", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    save_figure(f, path, legend=bool(optimizers))
-
-
-def plot_grid_lr(s: Summary, cfg, key: str, path: Path) -> None:
-    """Does the best lr transfer along the axis (e.g. width)? Each optimizer's chosen lr against
-    the axis' values, the bar its stable range (the lrs within sweep.tolerance of the best)."""
-    f = new_figure()
-    ax = f.ax
-    optimizers = list(dict.fromkeys(curve.split(" ", 1)[0] for curve in s.stats))
-    for i, opt in enumerate(optimizers):
-        pts = []
-        for v in sorted(cfg.grid[key]):
-            c = s.curves.get(curve_label(opt, {key: v}))
-            if c is not None:
-                lo, hi = (c.stable[0].lr, c.stable[-1].lr) if c.stable else (c.best.lr, c.best.lr)
-                pts.append((v, c.chosen_lr, lo, hi))
-        if pts:
-            ax.errorbar([p[0] * (1 + 0.03 * (i - len(optimizers) / 2)) for p in pts],
-                        [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
-                        fmt="o-", color=f"C{i % 10}", capsize=3, label=opt)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(sorted(cfg.grid[key]), [str(v) for v in sorted(cfg.grid[key])])
-    ax.set_xlabel(key)
-    ax.set_ylabel("chosen lr (bar: stable lrs)")
-    ax.set_title(f"{cfg.name}: the best lr against {key} (stage-1 seeds)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    save_figure(f, path, legend=bool(optimizers))
 
 
 def grid_value_lines(s: Summary, cfg, key: str) -> list[str]:
@@ -543,17 +317,12 @@ def grid_value_lines(s: Summary, cfg, key: str) -> list[str]:
 
 
 def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:
+    from sweeper.plots import write_figures
     from sweeper.stats import with_targets
     rows = with_targets(collect(d), cfg)
     write_results(d, rows)
     s = summarize(rows, cfg)
-    plot_lr_curves(s, cfg, d / "lr_curves.png")
-    plot_best_curves(s, cfg, d / "best_curves.png")
-    if (key := grid_axis(cfg)) is not None:
-        plot_grid_axis(s, cfg, key, d / "grid_curves.png")
-        plot_grid_lr(s, cfg, key, d / "grid_lr.png")
-    if any(c.tuning is not None for c in s.curves.values()):
-        plot_tuning(s, cfg, d / "tuning_curves.png")
+    write_figures(d, s, cfg, grid_axis(cfg))
     if cfg.target is not None and s.ranked:
         from sweeper.report_track3 import plot_curves, plot_steps, summarize_track3
         t = summarize_track3(s, cfg)

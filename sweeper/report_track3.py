@@ -117,11 +117,9 @@ def section(t: Track3Summary, cfg) -> List[str]:
 def plot_curves(t: Track3Summary, cfg, path) -> None:
     """Each entry's mean val loss over its runs against step, the target, the significance line
     target - margin / sqrt(n), and a dot at the entry's Track-3 step."""
-    from sweeper.report import curve_colors, new_figure, save_figure
+    from sweeper.plots import color_of, legend_outside, pyplot, save, short_label
 
-    f = new_figure()
-    ax = f.ax
-    colors = curve_colors(len(t.ranked))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.8))
     lows = []
     for i, curve in enumerate(t.ranked):
         e = t.entries[curve]
@@ -129,11 +127,11 @@ def plot_curves(t: Track3Summary, cfg, path) -> None:
         if not pts:
             continue
         half = [(s, m) for s, m in pts if s >= pts[-1][0] / 2]   # the second half: where it's decided
-        ax.plot([s for s, _ in half], [m for _, m in half], "-", color=colors[i], lw=1.2,
-                label=f"{curve} ({e.step if e.passed else 'not reached'})")
+        ax.plot([s for s, _ in half], [m for _, m in half], "-", color=color_of(curve), lw=1.2,
+                label=f"{short_label(curve)} ({e.step if e.passed else 'not reached'})")
         lows.append(min(m for _, m in half))
         if e.passed:
-            ax.plot([e.step], [e.mean], "o", color=colors[i], ms=6)
+            ax.plot([e.step], [e.mean], "o", color=color_of(curve), ms=6)
     ax.axhline(t.target, color="gray", ls="--", lw=0.8, label=f"target {t.target:g}")
     n = max((e.n for e in t.entries.values()), default=1)
     ax.axhline(t.target - t.margin / math.sqrt(max(n, 1)), color="gray", ls=":", lw=0.8,
@@ -143,16 +141,16 @@ def plot_curves(t: Track3Summary, cfg, path) -> None:
     ax.set(xlabel="step", ylabel="mean validation loss over the scoring seeds")
     ax.set_title(f"{cfg.name}: mean val loss (second half), dot = Track-3 step", fontsize=10)
     ax.grid(alpha=0.3)
-    save_figure(f, path, legend=True)
+    legend_outside(ax)
+    save(fig, path)
 
 
 def plot_steps(t: Track3Summary, cfg, path) -> None:
     """Each run's own steps to the target: mean with 95% t interval per entry (k/n reached), and
     the entry's Track-3 step (x)."""
-    from sweeper.report import new_figure, save_figure
+    from sweeper.plots import legend_outside, pyplot, save, short_label
 
-    f = new_figure()
-    ax = f.ax
+    fig, ax = pyplot().subplots(figsize=(7.5, 0.45 * len(t.ranked) + 1.6))
     labelled = set()
     for y, curve in enumerate(t.ranked):
         e = t.entries[curve]
@@ -169,9 +167,10 @@ def plot_steps(t: Track3Summary, cfg, path) -> None:
             ax.plot([e.step], [y], "x", color="C3", ms=9,
                     label=None if "step" in labelled else "Track-3 step (mean passes the z-test)")
             labelled.add("step")
-    ax.set_yticks(range(len(t.ranked)), t.ranked)
+    ax.set_yticks(range(len(t.ranked)), [short_label(c) for c in t.ranked], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("steps")
     ax.set_title(f"{cfg.name}: steps to val loss {t.target:g}", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
-    save_figure(f, path, legend=bool(t.ranked))
+    legend_outside(ax)
+    save(fig, path)

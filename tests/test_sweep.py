@@ -570,17 +570,14 @@ def test_interrupted_run_is_resumed_never_a_result(tmp_path):
     assert "1 interrupted" in (d / "report.md").read_text()
 
 
-def test_curve_colors_distinct_past_ten_curves():
-    """Figures give each curve its own colour: the default cycle up to 10, tab20 beyond (a
-    16-curve study drew two curves in one colour before)."""
-    from matplotlib.colors import to_hex
+def test_palette_is_one_colour_per_name():
+    """Every figure colours a curve by its optimizer name (the same in every study); the
+    registry's names get distinct colours; variants of a name share it."""
+    from sweeper.plots import PALETTE, color_of
 
-    from sweeper.report import curve_colors
-
-    assert curve_colors(8) == [f"C{i}" for i in range(8)]
-    many = curve_colors(16)
-    assert len(many) == 16 and len({to_hex(c) for c in many}) == 16
-    assert len({to_hex(c) for c in curve_colors(20)}) == 20
+    assert len(set(PALETTE.values())) == len(PALETTE)
+    assert color_of("muon") == color_of("muon ns=polar_express") == PALETTE["muon"]
+    assert color_of("some_new_name") == color_of("some_new_name x=1")   # hashed: stable
 
 
 def test_lr_axis_names_the_grid_lrs():
@@ -590,7 +587,7 @@ def test_lr_axis_names_the_grid_lrs():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sweeper.report import label_lr_ticks
+    from sweeper.plots import label_lr_ticks
 
     fig, ax = plt.subplots()
     ax.plot([0.005, 0.01, 0.02], [1, 2, 3])
