@@ -205,6 +205,36 @@ def test_gathers_in_the_result_dtype(tmp_path):
     spawn(tmp_path, _gathers_in_the_result_dtype)
 
 
+def _dion_shares_its_work(rank, world):
+    """Dion's power iteration (its post link) runs on each rank's own matrices only, with their
+    state only, and the parameters equal one process's, bit for bit; the start-up line says how
+    the work is shared."""
+    for overrides in ({}, {"rank": 3}, {"rank": 3, "dion_transpose": True}):
+        lines = []
+        model, ref = Matrices(), Matrices()
+        opt = build_optimizer(model, config("dion", **overrides), log=lines.append)
+        ref_opt = build_optimizer(ref, config("dion", distributed=False, **overrides), log=quiet)
+        engine, calls = opt.parts["matrix"], []
+        post = engine.chain.post
+        engine.chain = dataclasses.replace(engine.chain, post=lambda group, D, *a: calls.append(
+            (group["matrix_shape"], len(D))) or post(group, D, *a))
+        for step in range(3):
+            set_grads(model, seed=step)
+            set_grads(ref, seed=step)
+            opt.step()
+            ref_opt.step()
+            assert_same_on_every_rank(model, f"dion {overrides} step {step}")
+            for p, q in zip(model.parameters(), ref.parameters()):
+                assert torch.equal(p, q), f"dion {overrides} step {step}: differs from one process"
+        assert sorted(calls) == sorted(list(own_rows(rank, world).items()) * 3), calls
+        assert _state_rows(engine) == sum(own_rows(rank, world).values())
+        assert any("whole matrices dealt to 2 ranks" in line for line in lines), lines
+
+
+def test_dion_shares_its_work(tmp_path):
+    spawn(tmp_path, _dion_shares_its_work)
+
+
 # ---- 2. ZeRO-1 for the matrix chains: sharded state, portable checkpoints ----------------------
 
 def _state_rows(opt) -> int:
@@ -213,9 +243,11 @@ def _state_rows(opt) -> int:
 
 
 def _zero_matrix_state(rank, world, tmp):
-    for name in ("muon", "namo_d", "normuonh", "soap_muon", "dynmuon"):
+    # without train.zero the matrix chains shard their state just the same
+    for name, zero in (("muon", True), ("namo_d", True), ("normuonh", True), ("soap_muon", True),
+                       ("dynmuon", True), ("namo", False)):
         model, ref = Matrices(), Matrices()
-        opt = build_optimizer(model, config(name), log=quiet, zero=True)
+        opt = build_optimizer(model, config(name), log=quiet, zero=zero)
         ref_opt = build_optimizer(ref, config(name, distributed=False), log=quiet)
         calls = counting(opt)
         for step in range(3):
@@ -251,7 +283,7 @@ def _zero_matrix_state(rank, world, tmp):
         resumed, single = Matrices(seed=1), Matrices(seed=2)
         resumed.load_state_dict(model.state_dict())
         single.load_state_dict(model.state_dict())
-        resumed_opt = build_optimizer(resumed, config(name), log=quiet, zero=True)
+        resumed_opt = build_optimizer(resumed, config(name), log=quiet, zero=zero)
         single_opt = build_optimizer(single, config(name, distributed=False), log=quiet)
         resumed_opt.load_state_dict(copy.deepcopy(saved))
         single_opt.load_state_dict(copy.deepcopy(saved))    # a ZeRO checkpoint in one process
@@ -305,3 +337,17 @@ def test_nccl_without_cuda(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="backend=nccl needs CUDA"):
         setup("cpu", "nccl")
+
+
+def test_iterations_return_their_exact_dtype_without_a_workspace():
+    """On GPUs (no Workspace) every iterative polar method returns its ns_dtype result as it is
+    (no float32 round trip before the gather), the same values as the old cast-back result."""
+    from optim import spectral
+    from optim.rules import ITERATIVE_POLAR, ns_result_dtype, orthogonalize_transform
+    X = torch.randn(3, 48, 32, generator=torch.Generator().manual_seed(0))
+    for ns in ITERATIVE_POLAR:
+        group = dict(ns=ns, ns_steps=5, ns_dtype="bfloat16", ns_eps=1e-7)
+        D = orthogonalize_transform(group, X)
+        assert D.dtype == ns_result_dtype(group, X) == torch.bfloat16, ns
+        old = spectral.orthogonalize(X, method=ns, steps=5, dtype=torch.bfloat16)
+        assert old.dtype == torch.float32 and torch.equal(D.float(), old), ns
