@@ -316,7 +316,9 @@ def hyperball_step(group, grads, X, states):
 class Chain:
     precondition: Callable   # (group, grads, states, out: (k, m, n) views of X) -> None
     transform: Callable      # (group, X: (S, m, n), work: Workspace | None) -> D: (S, m, n)
-    step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or tensors
+    step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or (S, 1, 1 | n)
+                             # tensors; must take zero matrices (the distributed engine
+                             # learns its form so, MatrixOptimizer._forms)
     identity: Callable = never              # (group) -> the transform returns X as it is
     result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
     post: Callable | None = None            # (group, D, states, blocks) -> D' after the transform
