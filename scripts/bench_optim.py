@@ -32,7 +32,7 @@ GPUs and idle machines.
 the Newton-Schulz FLOPs and the elementwise bytes (a model of Muon's kernels, ELEMENTWISE) before
 (each shape group cut in ceil(S / W) rows, every link but the transform on every rank) and after
 (whole matrices by FLOPs, the chain on the owner, the apply everywhere), and the optimizer's
-estimated share of a step on 8 H100s (ESTIMATE). --quick prints it first.
+estimated share of a step on 8 H100s (ESTIMATE). --quick prints it last.
 
 --procs N ...: instead, the optimizer step time per rank with N CPU processes (gloo, --threads
 each, default 1) that share the matrix transforms (see optim/matrix.py), for --names (default
@@ -283,11 +283,8 @@ def main(argv=None) -> None:
     ap.add_argument("--plan", action="store_true",
                     help="only the distributed plan at W = 1, 2, 4, 8 (computed, instant)")
     args = ap.parse_args(argv)
-    if args.plan or args.quick:   # GPT-2 small's plan, whatever --quick times
-        print_plan(args.layers or 12)
-        if args.plan:
-            return
-        print()
+    if args.plan:
+        return print_plan(args.layers or 12)
     args.layers = args.layers or (2 if args.quick else 12)
     args.repeats = args.repeats or (3 if args.quick else 5)
     if args.quick and args.names is None:
@@ -346,6 +343,9 @@ def main(argv=None) -> None:
 
     ns_rate, mm_best = newton_schulz_table(matrix, base_cfg, bench, dev)
     print_targets(part, ns_rate, mm_best)
+    if args.quick:   # GPT-2 small's plan (12 layers, whatever --quick timed), computed at once
+        print()
+        print_plan(12)
 
 
 def newton_schulz_table(matrix, base_cfg, bench, dev) -> tuple[float, float]:
