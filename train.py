@@ -352,7 +352,7 @@ class Run:
                         scaler=self.scaler, step=self.progress.step,
                         best_val_loss=self.progress.best_val, config=self.config,
                         device=self.env.device, is_main=self.env.is_main,
-                        consolidate=self.cfg.train.zero and self.env.enabled,
+                        consolidate=self.env.enabled,   # matrix chains shard state on any W > 1
                         tail_ema=self.tail_ema, writer=self.ckpt_writer)
 
     def write_summary(self, status: str, error: str | None = None) -> dict:

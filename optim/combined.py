@@ -31,8 +31,13 @@ class CombinedOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = None if closure is None else torch.enable_grad()(closure)()   # closure() with grad
+        # a part that gathers across ranks (MatrixOptimizer) starts first and finishes last:
+        # the others step while its all-gather is in flight
+        split = [opt for opt in self.parts.values() if hasattr(opt, "start_step")]
         for opt in self.parts.values():
-            opt.step()
+            opt.start_step() if opt in split else opt.step()
+        for opt in split:
+            opt.finish_step()
         return loss
 
     def state_dict(self) -> dict:

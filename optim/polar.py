@@ -68,31 +68,35 @@ def _start(G: Tensor, eps: float, dtype: torch.dtype) -> tuple[Tensor, bool, tor
     return X.reshape(-1, *shape[-2:]), tall, shape
 
 
-def _finish(X: Tensor, tall: bool, shape: torch.Size, like: Tensor) -> Tensor:
+def _finish(X: Tensor, tall: bool, shape: torch.Size, like: Tensor,
+            out_dtype: torch.dtype | None = None) -> Tensor:
     X = X.reshape(shape)
-    return (X.mT if tall else X).to(like.dtype)
+    return (X.mT if tall else X).to(out_dtype or like.dtype)
 
 
 def polar_express(G: Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+                  dtype: torch.dtype = torch.bfloat16,
+                  out_dtype: torch.dtype | None = None) -> Tensor:
     """Polar Express: X <- a_t X + (b_t A + c_t A²) X, A = X Xᵀ, with the published per-step
-    coefficients (3 matmuls per step, as Muon's quintic)."""
+    coefficients (3 matmuls per step, as Muon's quintic). out_dtype: the result's (G's by
+    default; `dtype` holds it exactly)."""
     X, tall, shape = _start(G, eps, dtype)
     for a, b, c in coefficients(steps):
         A = torch.bmm(X, X.mT)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)          # b A + c A²
         X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)        # a X + B X
-    return _finish(X, tall, shape, G)
+    return _finish(X, tall, shape, G, out_dtype)
 
 
 def gram_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
                        dtype: torch.dtype = torch.bfloat16,
-                       restarts: tuple[int, ...] = GRAM_RESTARTS) -> Tensor:
+                       restarts: tuple[int, ...] = GRAM_RESTARTS,
+                       out_dtype: torch.dtype | None = None) -> Tensor:
     """Gram Newton-Schulz with Polar Express's coefficients (see the module doc): per step
     h = a I + b R + c R², Q <- h Q, R <- h R h on the short side's Gram; restarts (X = Q X0,
     R = X Xᵀ, Q = I) before the iterations in `restarts`."""
     if G.size(-2) == G.size(-1):
-        return polar_express(G, steps, eps, dtype)
+        return polar_express(G, steps, eps, dtype, out_dtype)
     X, tall, shape = _start(G, eps, dtype)
     R, Q = torch.bmm(X, X.mT), None                           # Q None: the identity
     for t, (a, b, c) in enumerate(coefficients(steps)):
@@ -106,14 +110,14 @@ def gram_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
             R = torch.bmm(torch.bmm(h, R), h)
     if Q is not None:
         X = torch.bmm(Q, X)
-    return _finish(X, tall, shape, G)
+    return _finish(X, tall, shape, G, out_dtype)
 
 
 def orthogonalize(G: Tensor, method: str, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
-                  eps: float = 1e-7) -> Tensor:
+                  eps: float = 1e-7, out_dtype: torch.dtype | None = None) -> Tensor:
     """spectral.orthogonalize's branch for method in METHODS."""
     kernel = polar_express if method == "polar_express" else gram_newton_schulz
-    return kernel(G, steps, eps=eps, dtype=dtype)
+    return kernel(G, steps, eps=eps, dtype=dtype, out_dtype=out_dtype)
 
 
 METHODS = ("polar_express", "gram")

@@ -27,10 +27,10 @@ group["lr"] every step. Names:
   shampoo, soap                     pytorch_optimizer's Shampoo / SOAP on matrices + AdamW backup
   external                          any torch.optim.Optimizer subclass by import path
 
-Under torchrun (world size > 1) the matrix chains share their transforms across ranks
-(optimizer.distributed, see MatrixOptimizer). zero=True (train.zero, ZeRO-1) shards optimizer
-state: torch and library classes through torch.distributed.optim.ZeroRedundancyOptimizer (whole
-tensors per rank); matrix chains keep each rank's rows of the state. The AdamW backup stays
+Under torchrun (world size > 1) the matrix chains share their work across ranks, whole matrices
+per rank with their state (optimizer.distributed, see MatrixOptimizer: ZeRO-1 with or without
+train.zero). zero=True (train.zero) also shards the state of torch and library classes, through
+torch.distributed.optim.ZeroRedundancyOptimizer (whole tensors per rank). The AdamW backup stays
 replicated: ZeroRedundancyOptimizer places whole tensors, and the tied embedding is nearly all of
 the backup (GPT-2 small: 38.6M of 39.5M), so sharding it would add a broadcast per step without
 lowering any rank's peak memory. Checkpoints are consolidated into the unsharded format.
@@ -232,8 +232,7 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
                                   **cfg.hyperparameters(scale=scale, power=power))
         stacks = ", ".join(f"{sum(p.numel() for p in g['params']) // (m * n)}x({m}, {n})"
                            for g in groups for m, n in [g["matrix_shape"]])
-        shared = (f"; rows shared by {opt.world} ranks{', state too (ZeRO-1)' if zero else ''}"
-                  if opt is not None and opt.world > 1 else "")
+        shared = f"; {opt.sharing()}" if opt is not None and opt.world > 1 else ""
         log_split(log, matrix, vector,
                   f"{cfg.name}, stacked by shape as {stacks or 'nothing'}{shared}")
         combined = with_backup(opt, vector, cfg)

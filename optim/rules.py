@@ -9,15 +9,17 @@ shape scale -> weight decay. A `Chain` has three links:
                 into the engine's (S, m, n) stack (no per-step temporaries, no torch.cat);
   transform     ONE batched call on the (S, m, n) stack of a shape group: Newton-Schulz, the SVD
                 polar factor, U Σ^p Vᵀ, the top-r polar factor (kernels in optim/spectral.py).
-                This is the only matrix-sized work, the one call a distributed engine shards.
-                Given the engine's Workspace (CPU) it may return D in its result_dtype, in
-                the workspace's memory, valid until the group's next transform;
+                The matrix-sized work. It returns D in its result_dtype (bf16 for the
+                iterations in bf16: what the distributed engine gathers); given the engine's
+                Workspace (CPU) in the workspace's memory, valid until the group's next
+                transform;
   step_size     per matrix or per column: lr, adaptive scale (NAMO, NAMO-D), shape scale and the
                 weight-decay factor, as (eta, rho) for W <- rho W - eta D (apply_update).
 
 An optional fourth link, `post` (default: none), rescales D after the transform with its own
-state (NorMuon's per-row, AdaMuon's per-entry second moment of O; optim/muon_variants.py); it
-runs on the whole (gathered) stack, like step_size, so every rank computes the same numbers.
+state (NorMuon's per-row, AdaMuon's per-entry second moment of O; optim/muon_variants.py; Dion's
+power iteration, optim/dion.py). Every link but `apply` is per matrix: the distributed engine
+runs them on each rank's own matrices only, and `apply` on every rank for every matrix.
 With optimizer.cautious_wd, apply_update decays only the entries where D and W agree in sign.
 With optimizer.uw_floor (orthogonalizing chains only), uw_floor raises eta per matrix after the
 step size, so that ||u||_F / ||W||_F is at least the floor (Track 3 result #9).
@@ -105,11 +107,13 @@ def adam_normalize(group, grads, states, out):
 # ---- transform: one batched call per shape group (the kernels are optim/spectral.py's) -------
 
 def orthogonalize_transform(group, X: Tensor, work=None) -> Tensor:
-    """Muon's O: quintic Newton-Schulz on X / ||X||_F, or the exact U Vᵀ with ns=svd."""
-    return spectral.orthogonalize(X, method=group["ns"], steps=group["ns_steps"],
-                                  dtype=resolve_ns_dtype(group["ns_dtype"], X.device),
+    """Muon's O: quintic Newton-Schulz on X / ||X||_F, or the exact U Vᵀ with ns=svd. The
+    iterations return their own dtype (ns_result_dtype): the apply computes in W's dtype as if
+    D were cast first, and the distributed engine gathers it as it is."""
+    dtype = resolve_ns_dtype(group["ns_dtype"], X.device)
+    return spectral.orthogonalize(X, method=group["ns"], steps=group["ns_steps"], dtype=dtype,
                                   eps=group["ns_eps"], work=work,
-                                  norm=group.get("ns_norm", "frobenius"))
+                                  norm=group.get("ns_norm", "frobenius"), out_dtype=dtype)
 
 
 def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:
@@ -132,7 +136,8 @@ def spectral_power_transform(group, X: Tensor, work=None) -> Tensor:
                                    ns_eps=group["ns_eps"],
                                    method="svd" if group["ns"] == "svd" else "iterative",
                                    ns_dtype=resolve_ns_dtype(group["ns_dtype"], X.device),
-                                   work=work)
+                                   work=work,
+                                   out_dtype=resolve_ns_dtype(group["ns_dtype"], X.device))
 
 
 # ---- step size: lr, adaptive and shape scales, weight decay -> (eta, rho) -----------------------
@@ -275,9 +280,10 @@ def input_dtype(group, X: Tensor) -> torch.dtype:
 
 
 def ns_result_dtype(group, X: Tensor) -> torch.dtype:
-    """Newton-Schulz computes (and ends) in ns_dtype, so its result is exact in that dtype:
-    what the distributed engine gathers (half the bytes of float32 for bf16)."""
-    return (resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] in spectral.COEFFS
+    """Every iterative polar method (Newton-Schulz, cubic, Polar Express, Gram) computes and
+    ends in ns_dtype and returns that (orthogonalize_transform): what the distributed engine
+    gathers (half the bytes of float32 for bf16). The SVD's result is in X's dtype."""
+    return (resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] in ITERATIVE_POLAR
             else X.dtype)
 
 
@@ -312,12 +318,15 @@ def hyperball_step(group, grads, X, states):
 class Chain:
     precondition: Callable   # (group, grads, states, out: (k, m, n) views of X) -> None
     transform: Callable      # (group, X: (S, m, n), work: Workspace | None) -> D: (S, m, n)
-    step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or tensors
+    step_size: Callable      # (group, grads, X, states) -> (eta, rho), floats or (S, 1, 1 | n)
+                             # tensors; must take zero matrices (the distributed engine
+                             # learns its form so, MatrixOptimizer._forms)
     identity: Callable = never              # (group) -> the transform returns X as it is
     result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
     post: Callable | None = None            # (group, D, states, blocks) -> D' after the transform
     apply: Callable | None = None           # (params, D, eta, rho, blocks, work, cautious) -> None;
-                                            # None: apply_update (the engine's)
+                                            # None: apply_update (the engine's). D: a stack or
+                                            # its pieces per parameter (rules.pieces)
 
 
 def post_transform(chain: Chain, group: dict, D: Tensor, states: list[dict],
@@ -327,7 +336,13 @@ def post_transform(chain: Chain, group: dict, D: Tensor, states: list[dict],
     return D if chain.post is None else chain.post(group, D, states, blocks)
 
 
-def cautious_decay(params: list[Tensor], D: Tensor, rho, blocks: list[int]) -> None:
+def pieces(D, blocks: list[int]) -> list[Tensor]:
+    """D per parameter: a (S, m, n) stack split by blocks, or already a list of (k, m, n)
+    pieces (the distributed engine's, views of its gathered buffer)."""
+    return list(D.split(blocks)) if isinstance(D, Tensor) else list(D)
+
+
+def cautious_decay(params: list[Tensor], D, rho, blocks: list[int]) -> None:
     """Cautious weight decay (arXiv 2510.12402, Algorithm 1: x <- x - eta (u + lambda
     I(u x >= 0) x)): W <- W - (1 - rho) I(D W >= 0) W entrywise, i.e. the decoupled decay of
     W <- rho W only where the update D (subtracted with eta > 0) and W agree in sign (a zero
@@ -336,17 +351,34 @@ def cautious_decay(params: list[Tensor], D: Tensor, rho, blocks: list[int]) -> N
         return
     decays = (list((1 - rho).split(blocks)) if isinstance(rho, Tensor)
               else [1 - rho] * len(params))
-    for w, d, decay in zip(params, D.split(blocks), decays):
+    for w, d, decay in zip(params, pieces(D, blocks), decays):
         agree = torch.sign(d).to(w.dtype) * torch.sign(w) >= 0
         w.sub_(torch.where(agree, w, 0) * decay)
 
 
-def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
+def scaled(D, eta: Tensor, blocks: list[int], work: spectral.Workspace | None) -> list[Tensor]:
+    """eta D per parameter (eta (S, 1, 1) or (S, 1, n)), in a reused buffer with `work`. D as a
+    list of pieces: one product per piece, the same elementwise products as on the stack."""
+    if isinstance(D, Tensor):
+        shape = torch.broadcast_shapes(D.shape, eta.shape)
+        out = (None if work is None else
+               work.get("update", shape, torch.promote_types(D.dtype, eta.dtype), D.device))
+        return list(torch.mul(D, eta, out=out).split(blocks))
+    D, etas = list(D), list(eta.split(blocks))
+    if work is None:
+        return [d * e for d, e in zip(D, etas)]
+    shape = (sum(blocks), *torch.broadcast_shapes(D[0].shape[1:], eta.shape[1:]))
+    buf = work.get("update", shape, torch.promote_types(D[0].dtype, eta.dtype), D[0].device)
+    return [torch.mul(d, e, out=o) for d, e, o in zip(D, etas, buf.split(blocks))]
+
+
+def apply_update(params: list[Tensor], D, eta, rho, blocks: list[int],
                  work: spectral.Workspace | None = None, cautious: bool = False) -> None:
-    """W <- rho W - eta D for every matrix; eta and rho broadcast over (S, m, n). D may be in a
-    narrower dtype than W (Newton-Schulz's bf16): every op computes in W's dtype, exactly as
-    if D were cast first. With `work`, eta D goes to a reused buffer. cautious: the decay only
-    where D and W agree in sign (cautious_decay)."""
+    """W <- rho W - eta D for every matrix; eta and rho broadcast over (S, m, n). D: the
+    (S, m, n) stack or its pieces per parameter (see pieces). D may be in a narrower dtype than
+    W (Newton-Schulz's bf16): every op computes in W's dtype, exactly as if D were cast first.
+    With `work`, eta D goes to a reused buffer. cautious: the decay only where D and W agree in
+    sign (cautious_decay)."""
     if cautious:
         cautious_decay(params, D, rho, blocks)
     elif isinstance(rho, Tensor):
@@ -354,18 +386,15 @@ def apply_update(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
     elif rho != 1.0:
         torch._foreach_mul_(params, rho)
     if isinstance(eta, Tensor):
-        step = (D * eta if work is None else
-                torch.mul(D, eta, out=work.get("update", torch.broadcast_shapes(D.shape, eta.shape),
-                                               torch.promote_types(D.dtype, eta.dtype), D.device)))
-        torch._foreach_sub_(params, list(step.split(blocks)))
+        torch._foreach_sub_(params, scaled(D, eta, blocks, work))
     else:
-        torch._foreach_add_(params, list(D.split(blocks)), alpha=-eta)
+        torch._foreach_add_(params, pieces(D, blocks), alpha=-eta)
 
 
 HYPERBALL_EPS = 1e-10   # the records' clamp on ||D|| and on the norm after the step
 
 
-def hyperball_apply(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int],
+def hyperball_apply(params: list[Tensor], D, eta, rho, blocks: list[int],
                     work: spectral.Workspace | None = None, cautious: bool = False) -> None:
     """The hyperball step of Track 3's results #4, #5, #8 (modded-nanogpt
     scale_invariant_update_), per matrix of the stack, in W's dtype:
@@ -373,7 +402,7 @@ def hyperball_apply(params: list[Tensor], D: Tensor, eta, rho, blocks: list[int]
     (Frobenius norms, in the records' order of operations): a step of size eta ||W|| along
     D / ||D||, then back onto the sphere of W's radius, so ||W|| never changes (a zero matrix
     stays zero). rho is 1 (hyperball_step; the builder refuses weight decay); cautious unused."""
-    for w, d in zip(params, D.split(blocks)):
+    for w, d in zip(params, pieces(D, blocks)):
         d = d.to(w.dtype)
         p_norm = torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True)
         u_norm = torch.linalg.vector_norm(d, dim=(1, 2), keepdim=True).clamp(min=HYPERBALL_EPS)

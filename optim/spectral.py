@@ -57,7 +57,8 @@ class Workspace:
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
                   dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None,
-                  coeffs: tuple = NS_COEFFS, norm: str = "frobenius") -> Tensor:
+                  coeffs: tuple = NS_COEFFS, norm: str = "frobenius",
+                  out_dtype: torch.dtype | None = None) -> Tensor:
     """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
 
     X0 = G / (||G||_F + eps), then X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular
@@ -68,6 +69,9 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
     every buffer comes from it (nothing allocated per call) and the result, in `dtype`, is one
     of them: valid until the next call on the same workspace. `coeffs`: (a, b, c), the quintic
     by default (CUBIC_COEFFS: the cubic). norm="schatten4": X0 = G / max(||G Gᵀ||_F^(1/2), eps).
+    out_dtype (without `work`): the result's dtype, G's by default; the matrix engine asks for
+    `dtype` itself, which holds the result exactly (no cast back to float32 and down again
+    for the all-gather).
     """
     if work is not None:
         return _newton_schulz_in(work, G, steps, eps, dtype, coeffs, norm)
@@ -87,7 +91,7 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
     X = X.reshape(shape)
     if tall:
         X = X.mT
-    return X.to(G.dtype)
+    return X.to(out_dtype or G.dtype)
 
 
 def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
@@ -203,14 +207,16 @@ def _square_root_power(X: Tensor, steps: int) -> Tensor:
 
 def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
                    method: str = "iterative", ns_dtype: torch.dtype = torch.bfloat16,
-                   ns_eps: float = 1e-7, work: Workspace | None = None) -> Tensor:
+                   ns_eps: float = 1e-7, work: Workspace | None = None,
+                   out_dtype: torch.dtype | None = None) -> Tensor:
     """Psi_p(X) = U Σ^p Vᵀ for p in {1, 1/2, 1/4, 0}.
 
     method="iterative": p = 0 by newton_schulz (in ns_dtype, with ns_eps, in `work` if given:
     then the result is in ns_dtype, see newton_schulz); p = 1/2 by the
     coupled inverse fourth root on the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since
     Psi_p(cX) = c^p Psi_p(X), X is first divided by its Frobenius norm (so the Gram neither
-    under- nor overflows) and the result scaled back. method="svd": the exact reference from the
+    under- nor overflows) and the result scaled back; out_dtype: p = 0's result dtype (see
+    newton_schulz). method="svd": the exact reference from the
     SVD; there singular values below a relative 1e-7 count as zero, so p = 0 maps a zero matrix
     to zero, as NS does.
     """
@@ -227,7 +233,8 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
     if method != "iterative":
         raise UserError(f"unknown spectral power method {method!r}: use 'iterative' or 'svd'")
     if p == 0:
-        return newton_schulz(X, ns_steps, eps=ns_eps, dtype=ns_dtype, work=work)
+        return newton_schulz(X, ns_steps, eps=ns_eps, dtype=ns_dtype, work=work,
+                             out_dtype=out_dtype)
     Y = X.to(torch.promote_types(X.dtype, torch.float32))
     norm = Y.norm(dim=(-2, -1), keepdim=True)
     Y = Y / norm.clamp_min(1e-30)
@@ -239,16 +246,18 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
 
 def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
                   dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7,
-                  work: Workspace | None = None, norm: str = "frobenius") -> Tensor:
+                  work: Workspace | None = None, norm: str = "frobenius",
+                  out_dtype: torch.dtype | None = None) -> Tensor:
     """Polar factor of G: approximately by Newton-Schulz (in `work`: see newton_schulz; `norm`:
-    its starting scale), or exactly (method='svd')."""
+    its starting scale), or exactly (method='svd'). out_dtype: the iterations' result dtype (G's
+    by default; `dtype` holds it exactly); the SVD's is G's."""
     if method in COEFFS:             # the quintic, or the cubic (ns=cubic)
         return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work, coeffs=COEFFS[method],
-                             norm=norm)
+                             norm=norm, out_dtype=out_dtype)
     if method == "svd":
         return polar_svd(G)
     if method in polar.METHODS:      # optim/polar.py: Polar Express, Gram Newton-Schulz
-        return polar.orthogonalize(G, method, steps, dtype=dtype, eps=eps)
+        return polar.orthogonalize(G, method, steps, dtype=dtype, eps=eps, out_dtype=out_dtype)
     raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "
                     "polar_express, gram, cubic, newton_schulz or svd")
 

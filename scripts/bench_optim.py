@@ -5,6 +5,7 @@
     python scripts/bench_optim.py --layers 1 --repeats 3 --names muon namo namo_d
     python scripts/bench_optim.py --device cuda
     python scripts/bench_optim.py --procs 1 2 --layers 2 --names muon namo namo_d
+    python scripts/bench_optim.py --plan                           # the distributed plan, at once
 
 Times (median of --repeats steps after --warmup) one optimizer step of every registry name
 with its YAML defaults on the real GPT-2 parameters (--layers blocks 768 wide, the 50304 x 768
@@ -26,6 +27,13 @@ cubic Newton-Schulz steps are the records').
 the targets line in a few minutes on 2 CPU cores. The full run (every name, 12 layers) is for
 GPUs and idle machines.
 
+--plan: only the distributed plan of a GPT-2-small step (--layers, default 12) at W = 1, 2, 4,
+8 ranks, computed (optim/matrix.py's plan() on the shapes; no processes, no tensors): per rank
+the Newton-Schulz FLOPs and the elementwise bytes (a model of Muon's kernels, ELEMENTWISE) before
+(each shape group cut in ceil(S / W) rows, every link but the transform on every rank) and after
+(whole matrices by FLOPs, the chain on the owner, the apply everywhere), and the optimizer's
+estimated share of a step on 8 H100s (ESTIMATE). --quick prints it last.
+
 --procs N ...: instead, the optimizer step time per rank with N CPU processes (gloo, --threads
 each, default 1) that share the matrix transforms (see optim/matrix.py), for --names (default
 muon namo namo_d); --zero shards the state too. Ranks start each timed step together.
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -49,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import load_config, to_object  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from optim import available, build_optimizer, capability, spectral  # noqa: E402
+from optim.matrix import ns_cost, param_shapes, plan  # noqa: E402
 from optim.params import shape_groups, split_params  # noqa: E402
 
 
@@ -77,6 +87,112 @@ def ns_flops(S: int, m: int, n: int, steps: int) -> float:
     """Per step on the wide r x c orientation: X Xᵀ (2 r² c), A A (2 r³), B X (2 r² c)."""
     r, c = min(m, n), max(m, n)
     return S * steps * (4 * r * r * c + 2 * r ** 3)
+
+
+# Bytes of memory traffic per matrix parameter of Muon's elementwise kernels on a GPU (fp32
+# weights, gradients and momentum, Newton-Schulz in bf16, Nesterov): each op's reads + writes.
+#   precondition  lerp_(B, G) 12 + copy_(X, G) 8 + lerp_(X, B) 12                       = 32
+#   NS prologue   X.to(bf16) 6 + its norm 2 + the division 4                             = 12
+#   NS epilogue   (before) the result back to fp32 for the stack, 2 + 4                  =  6
+#   send          (before) .to(bf16) of the own rows 4 + 2; (after) the pack copy 2 + 2
+#   receive       the all-gather's write 2; (before) cast back to fp32, 2 + 4
+#   apply         mul_(W, rho) 8 + add_(W, D): W 4 + D 4 (before, fp32) or 2 (after) + W 4
+ELEMENTWISE = {"before": {"own": 12 + 6 + 6, "every": 32 + 2 + 6 + 8 + 12},
+               "after": {"own": 32 + 12 + 4, "every": 2 + 8 + 10}}
+# The optimizer's share of a GPT-2-small step on 8 H100 SXM: t = NS FLOPs / (peak x NS_MFU)
+# + elementwise bytes / HBM + gathered bytes received / NVLINK, against forward + backward of
+# 6 N FLOPs per token (N: all parameters, attention left out) at MODEL_MFU, 8 x 64 x 1024
+# tokens a step shared by the 8 ranks (Track 3's batch).
+ESTIMATE = dict(peak=989e12, ns_mfu=0.5, model_mfu=0.5, hbm=3.35e12, nvlink=450e9,
+                tokens=8 * 64 * 1024, ns_steps=5)
+
+
+def gpt2_shapes(layers: int) -> tuple[list[dict], int]:
+    """GPT-2 small's matrix groups as Muon's YAML routes them (on the meta device: shapes
+    only), and the number of parameters."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(n_layer=layers, n_head=12, n_embd=768, block_size=1024,
+                              vocab_size=50304))
+    cfg = to_object(load_config(["optimizer=muon"])).optimizer
+    matrix, _ = split_params(model, cfg)
+    groups = [{"params": [p for _, p in ps], "matrix_shape": shape}
+              for shape, ps in shape_groups(matrix, cfg).items()]
+    return groups, sum(p.numel() for p in model.parameters())
+
+
+def per_rank(groups: list[dict], world: int, how: str) -> list[dict]:
+    """Per rank: NS FLOPs, elementwise bytes and all-gather bytes received, `before` (rows
+    ceil(S / W) per shape group) or `after` (plan())."""
+    shapes, steps, total = param_shapes(groups), ESTIMATE["ns_steps"], 0
+    ranks = [dict(flops=0, own=0, gather=0) for _ in range(world)]
+    if how == "after":
+        for (k, m, n), r in zip(shapes, plan(shapes, world)):
+            ranks[r]["flops"] += steps * ns_cost(k, m, n)
+            ranks[r]["own"] += k * m * n
+        segment = 2 * max(r["own"] for r in ranks)          # bf16, the largest rank's part
+        gathered = (world - 1) * segment if world > 1 else 0
+    else:
+        gathered = 0
+        for g in groups:
+            (m, n), S = g["matrix_shape"], sum(p.numel() for p in g["params"]) // math.prod(
+                g["matrix_shape"])
+            k = -(-S // world)
+            gathered += (world - 1) * k * m * n * 2 if world > 1 else 0
+            for r in range(world):
+                rows = max(0, min(S, (r + 1) * k) - r * k)
+                ranks[r]["flops"] += steps * ns_cost(rows, m, n)
+                ranks[r]["own"] += rows * m * n
+    total = sum(k * m * n for k, m, n in shapes)
+    model = ELEMENTWISE[how]
+    for r in ranks:
+        r["own_bytes"], r["every_bytes"] = r["own"] * model["own"], total * model["every"]
+        r["bytes"], r["gather"] = r["own_bytes"] + r["every_bytes"], gathered
+    return ranks
+
+
+def print_plan(layers: int) -> None:
+    groups, n_params = gpt2_shapes(layers)
+    shapes = param_shapes(groups)
+    stacks = ", ".join(f"{len(g['params'])}x{m}x{n}" for g in groups for m, n in [g["matrix_shape"]])
+    print(f"distributed plan, GPT-2 small with {layers} layers: {len(shapes)} matrices ({stacks}), "
+          f"{sum(k * m * n for k, m, n in shapes) / 1e6:.1f}M matrix params; per rank: Newton-Schulz "
+          f"GFLOP ({ESTIMATE['ns_steps']} steps), elementwise MB (Muon's kernels, bytes model "
+          f"ELEMENTWISE), all-gather MB received; max/mean over ranks")
+    print(f"{'W':>2s} {'':6s} {'NS GFLOP':>9s} {'max/mean':>8s} {'owner MB':>9s} {'max/mean':>8s} "
+          f"{'x 1/W':>6s} {'every MB':>9s} {'rank MB':>8s} {'gather MB':>9s} {'idle':>5s}")
+    for world in (1, 2, 4, 8):
+        for how in ("before", "after"):
+            ranks = per_rank(groups, world, how)
+            flops, own = [r["flops"] for r in ranks], [r["own_bytes"] for r in ranks]
+            alone = per_rank(groups, 1, how)[0]["own_bytes"]   # the owner's part in one process
+            print(f"{world:2d} {how:6s} {max(flops) / 1e9:9.1f} {max(flops) * world / sum(flops):8.3f} "
+                  f"{max(own) / 1e6:9.0f} {max(own) * world / sum(own):8.3f} "
+                  f"{max(own) * world / alone:6.2f} {ranks[0]['every_bytes'] / 1e6:9.0f} "
+                  f"{max(r['bytes'] for r in ranks) / 1e6:8.0f} {ranks[0]['gather'] / 1e6:9.0f} "
+                  f"{sum(f == 0 for f in flops):5d}")
+    print("NS GFLOP: the largest rank's; owner MB: elementwise bytes of the links run on a "
+          "rank's own rows/matrices only (x 1/W: against one process's / W); every MB: those "
+          "run by every rank on every matrix; rank MB: their sum, the largest rank's; idle: "
+          "ranks with no Newton-Schulz")
+    print_estimate(groups, n_params)
+
+
+def print_estimate(groups: list[dict], n_params: int, world: int = 8) -> None:
+    """The optimizer's estimated share of a step on `world` H100s, before and after."""
+    e = ESTIMATE
+    fwd_bwd = 6 * n_params * e["tokens"] / world / (e["peak"] * e["model_mfu"])
+    print(f"\nestimate on {world} H100 SXM ({e['peak'] / 1e12:.0f} TFLOP/s bf16, NS at "
+          f"{e['ns_mfu']:.0%} MFU, HBM {e['hbm'] / 1e12:.2f} TB/s, all-gather "
+          f"{e['nvlink'] / 1e9:.0f} GB/s): forward + backward 6 N x {e['tokens'] // world} "
+          f"tokens per rank at {e['model_mfu']:.0%} MFU = {1e3 * fwd_bwd:.1f} ms")
+    for how in ("before", "after"):
+        ranks = per_rank(groups, world, how)
+        ns = max(r["flops"] for r in ranks) / (e["peak"] * e["ns_mfu"])
+        elem = max(r["bytes"] for r in ranks) / e["hbm"]
+        comm = ranks[0]["gather"] / e["nvlink"]
+        opt = ns + elem + comm
+        print(f"  {how:6s} NS {1e3 * ns:.2f} + elementwise {1e3 * elem:.2f} + all-gather "
+              f"{1e3 * comm:.2f} = {1e3 * opt:.2f} ms, {opt / (opt + fwd_bwd):.1%} of the step")
 
 
 def gpt2_with_grads(layers: int, device: str) -> GPT:
@@ -164,7 +280,11 @@ def main(argv=None) -> None:
     ap.add_argument("--procs", type=int, nargs="*", default=None,
                     help="time the step per rank at these process counts (CPU, gloo)")
     ap.add_argument("--zero", action="store_true", help="with --procs: ZeRO-1 sharded state")
+    ap.add_argument("--plan", action="store_true",
+                    help="only the distributed plan at W = 1, 2, 4, 8 (computed, instant)")
     args = ap.parse_args(argv)
+    if args.plan:
+        return print_plan(args.layers or 12)
     args.layers = args.layers or (2 if args.quick else 12)
     args.repeats = args.repeats or (3 if args.quick else 5)
     if args.quick and args.names is None:
@@ -223,6 +343,9 @@ def main(argv=None) -> None:
 
     ns_rate, mm_best = newton_schulz_table(matrix, base_cfg, bench, dev)
     print_targets(part, ns_rate, mm_best)
+    if args.quick:   # GPT-2 small's plan (12 layers, whatever --quick timed), computed at once
+        print()
+        print_plan(12)
 
 
 def newton_schulz_table(matrix, base_cfg, bench, dev) -> tuple[float, float]:

@@ -59,6 +59,26 @@ def test_bench_optim_quick_prints_the_targets_at_matched_dtype(monkeypatch, caps
                   "namo / muon <= 1.1", "namo_d / muon <= 1.1"):
         line = next(t for t in targets if label in t)
         assert line.split()[-1] in ("met", "MISSED")
+    assert "distributed plan, GPT-2 small with 12 layers: 48 matrices" in out   # --quick's last
+
+
+def test_bench_optim_plan_balances_gpt2_small_on_8_ranks(capsys):
+    """--plan: GPT-2 small's 48 matrices at W = 1, 2, 4, 8, computed at once; after, the largest
+    rank's Newton-Schulz FLOPs and owner bytes within 10% of the mean, no rank idle, where the
+    old row split left two of 8 idle; the optimizer's estimated share of a step smaller."""
+    load_script("bench_optim").main(["--plan"])
+    out = capsys.readouterr().out
+    rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines()
+            if line[:2].strip().isdigit()}
+    assert sorted({w for w, _ in rows}) == ["1", "2", "4", "8"]
+    for w in ("1", "2", "4", "8"):
+        after = rows[(w, "after")]
+        assert float(after[3]) <= 1.1 and float(after[5]) <= 1.1 and after[-1] == "0", after
+        assert abs(float(after[6]) - 1) < 0.1, after    # the owner's bytes: 1/W of one process's
+    assert rows[("8", "before")][-1] == "2"
+    shares = [float(line.split(",")[-1].split("%")[0]) for line in out.splitlines()
+              if line.strip().startswith(("before NS", "after  NS"))]
+    assert len(shares) == 2 and shares[1] < shares[0], out
 
 
 def test_bench_prepare_nanogpt_steps_equal_our_prepare(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The optimizers under torch.distributed, on 2 CPU processes (gloo): the matrix chains share their
-transforms across ranks and give the single-process parameters, bit-identical on every rank after
-every step; ZeRO-1 shards state and its checkpoints load at any world size; bad input."""
+work across ranks (whole matrices by optim/matrix.py's plan) and give the single-process
+parameters, bit-identical on every rank after every step; the all-gather moves the exact
+low-precision update; sharded state's checkpoints load at any world size; bad input."""
 from __future__ import annotations
 
 import copy
@@ -16,15 +17,17 @@ import torch.multiprocessing as mp
 
 from configs.errors import UserError
 from optim import OptimizerConfig, build_optimizer
+from optim.matrix import plan
 from trainer.distributed import exit_rank
 
 from runs import launch, train_losses, why
 
 REPO = Path(__file__).resolve().parents[1]
-# Stacks of 3, 1 and 5 matrices: a short last slice, a rank with no rows, and the packed
-# (96, 32) weight split into three (32, 32) matrices that straddle the two ranks' rows.
+# Stacks of 3, 1 and 5 matrices, the packed (96, 32) weight split into three (32, 32) matrices:
+# on 2 ranks, rank 0 owns no (32, 80) matrix (it learns that group's step from the gather).
 SHAPES = [(48, 32), (48, 32), (48, 32), (32, 80), (32, 32), (32, 32), (96, 32)]
-STACKS = {(48, 32): 3, (32, 80): 1, (32, 32): 5}
+# (k, m, n) of each parameter in the engine's order (shape groups in order of first appearance)
+PARAM_SHAPES = [(1, 48, 32)] * 3 + [(1, 32, 80)] + [(1, 32, 32)] * 2 + [(3, 32, 32)]
 NAMES = ["muon", "namo", "namo_d", "muon_svd", "adamq", "soap_muon", "dynmuon"]
 
 
@@ -76,12 +79,28 @@ def counting(opt) -> list:
 
 
 def own_rows(rank, world):
-    """Rows of each stack that `rank` transforms: ceil(S / world), the last rank what is left."""
+    """Matrices of each shape that `rank` runs the chain on: the parameters plan() gives it."""
     rows = {}
-    for shape, S in STACKS.items():
-        k = -(-S // world)
-        rows[shape] = max(0, min(S, (rank + 1) * k) - rank * k)
-    return {shape: r for shape, r in rows.items() if r}
+    for (k, m, n), owner in zip(PARAM_SHAPES, plan(PARAM_SHAPES, world)):
+        if owner == rank:
+            rows[(m, n)] = rows.get((m, n), 0) + k
+    return rows
+
+
+def test_plan_balances_whole_matrices():
+    """Greedy largest-first: deterministic, every parameter whole; GPT-2 small's 48 matrices
+    on 8 ranks within 3% of the mean cost, and the test shapes' two ranks both busy."""
+    from optim.matrix import ns_cost
+    gpt2 = [(1, 2304, 768), (1, 768, 768), (1, 3072, 768), (1, 768, 3072)] * 12
+    for shapes, world, bound in ((gpt2, 8, 1.03), (gpt2, 2, 1.01), (PARAM_SHAPES, 2, 1.1)):
+        owners = plan(shapes, world)
+        assert owners == plan(shapes, world)
+        loads = [sum(ns_cost(*s) for s, r in zip(shapes, owners) if r == rank)
+                 for rank in range(world)]
+        assert max(loads) * world / sum(loads) <= bound, loads
+    assert plan(gpt2, 1) == [0] * 48
+    assert own_rows(0, 2) == {(48, 32): 1, (32, 32): 4}
+    assert own_rows(1, 2) == {(48, 32): 2, (32, 80): 1, (32, 32): 1}
 
 
 # ---- spawning ---------------------------------------------------------------------------------
@@ -126,33 +145,94 @@ def test_shared_transforms_match_one_process(tmp_path):
     spawn(tmp_path, _shared_transforms_match_one_process, 3)
 
 
+def segment_bytes(world, itemsize, scalars=()):
+    """The largest rank's bytes in the flat buffer: its matrices' D in `itemsize` bytes and a
+    block per tensor step size (eta, rho) of `scalars` bytes per matrix, each 16-byte aligned."""
+    align = lambda b: -(-b // 16) * 16  # noqa: E731
+    return max(sum(align(k * m * n * itemsize) + sum(align(k * b) for b in scalars)
+                   for (m, n), k in own_rows(rank, world).items()) for rank in range(world))
+
+
 def _gathers_in_the_result_dtype(rank, world):
-    """Newton-Schulz in bf16: the ranks' results are gathered as bf16 (half the bytes), and an
-    identity transform (p = 1) is not gathered at all; the parameters still equal one
-    process's, bit for bit, on every rank."""
-    for name, overrides, want in (("muon", {"ns_dtype": "bfloat16"}, {torch.bfloat16}),
-                                  ("msgdz", {"ns_dtype": "bfloat16"}, {torch.bfloat16}),
-                                  ("adamq", {}, {torch.float32}),
-                                  ("adam", {}, set()), ("msgd", {}, set())):
+    """Every orthogonalizing ns in bf16 (ZeRO too): one all-gather per step, of bf16 updates
+    (half the bytes of float32) and nothing else where the step size is a float; float32
+    where the update is (SVD, the coupled iterations, post links, p = 1). The parameters still
+    equal one process's, bit for bit, on every rank."""
+    import optim.matrix
+    bf16 = {"ns_dtype": "bfloat16"}
+    cases = [("muon", bf16, torch.bfloat16, ()), ("muon", dict(bf16, ns="polar_express"),
+                                                 torch.bfloat16, ()),
+             ("muon", dict(bf16, ns="gram"), torch.bfloat16, ()),
+             ("muon", dict(bf16, ns="cubic"), torch.bfloat16, ()),
+             ("msgdz", bf16, torch.bfloat16, ()), ("adamz", dict(bf16, ns="polar_express"),
+                                                  torch.bfloat16, ()),
+             ("muonh", bf16, torch.bfloat16, ()), ("soap_muon", bf16, torch.bfloat16, ()),
+             ("namo", bf16, torch.bfloat16, (4, 4)), ("muon", dict(bf16, zero=True), torch.bfloat16, ()),
+             ("muon", {"ns_dtype": "float32"}, torch.float32, ()), ("muon_svd", {}, torch.float32, ()),
+             ("adamq", {}, torch.float32, ()), ("normuon", bf16, torch.float32, ()),
+             ("adam", {}, torch.float32, ()), ("msgd", {}, torch.float32, ())]
+    all_gather = optim.matrix.dist.all_gather_single
+    for name, overrides, want, scalars in cases:
+        overrides = dict(overrides)
+        zero = overrides.pop("zero", False)
         model, ref = Matrices(), Matrices()
-        opt = build_optimizer(model, config(name, **overrides), log=quiet)
+        opt = build_optimizer(model, config(name, **overrides), log=quiet, zero=zero)
         ref_opt = build_optimizer(ref, config(name, distributed=False, **overrides), log=quiet)
-        engine, gathered = opt.parts["matrix"], []
-        gather = engine._gather_rows
-        engine._gather_rows = lambda mine, *a, **k: gathered.append(mine.dtype) or gather(mine, *a, **k)
-        for step in range(2):
-            set_grads(model, seed=step)
-            set_grads(ref, seed=step)
-            opt.step()
-            ref_opt.step()
-        assert set(gathered) == want, (name, gathered)
+        engine, packed, sent = opt.parts["matrix"], [], []
+        pack = engine._pack
+        engine._pack = lambda send, offsets, forms, *a: packed.append(forms[0]) or pack(
+            send, offsets, forms, *a)
+        optim.matrix.dist.all_gather_single = lambda out, send, **k: sent.append(
+            (send.dtype, send.numel(), out.numel())) or all_gather(out, send, **k)
+        try:
+            for step in range(2):
+                set_grads(model, seed=step)
+                set_grads(ref, seed=step)
+                opt.step()
+                ref_opt.step()
+        finally:
+            optim.matrix.dist.all_gather_single = all_gather
+        what = f"{name} {overrides}"
+        assert set(packed) == {want} and len(packed) == 2 * len(own_rows(rank, world)), what
+        seg = segment_bytes(world, want.itemsize, scalars)
+        assert sent == [(torch.uint8, seg, world * seg)] * 2, (what, sent, seg)
         assert_same_on_every_rank(model, name)
         for p, q in zip(model.parameters(), ref.parameters()):
-            assert torch.equal(p, q), f"{name}: differs from one process"
+            assert torch.equal(p, q), f"{what}: differs from one process"
 
 
 def test_gathers_in_the_result_dtype(tmp_path):
     spawn(tmp_path, _gathers_in_the_result_dtype)
+
+
+def _dion_shares_its_work(rank, world):
+    """Dion's power iteration (its post link) runs on each rank's own matrices only, with their
+    state only, and the parameters equal one process's, bit for bit; the start-up line says how
+    the work is shared."""
+    for overrides in ({}, {"rank": 3}, {"rank": 3, "dion_transpose": True}):
+        lines = []
+        model, ref = Matrices(), Matrices()
+        opt = build_optimizer(model, config("dion", **overrides), log=lines.append)
+        ref_opt = build_optimizer(ref, config("dion", distributed=False, **overrides), log=quiet)
+        engine, calls = opt.parts["matrix"], []
+        post = engine.chain.post
+        engine.chain = dataclasses.replace(engine.chain, post=lambda group, D, *a: calls.append(
+            (group["matrix_shape"], len(D))) or post(group, D, *a))
+        for step in range(3):
+            set_grads(model, seed=step)
+            set_grads(ref, seed=step)
+            opt.step()
+            ref_opt.step()
+            assert_same_on_every_rank(model, f"dion {overrides} step {step}")
+            for p, q in zip(model.parameters(), ref.parameters()):
+                assert torch.equal(p, q), f"dion {overrides} step {step}: differs from one process"
+        assert sorted(calls) == sorted(list(own_rows(rank, world).items()) * 3), calls
+        assert _state_rows(engine) == sum(own_rows(rank, world).values())
+        assert any("whole matrices dealt to 2 ranks" in line for line in lines), lines
+
+
+def test_dion_shares_its_work(tmp_path):
+    spawn(tmp_path, _dion_shares_its_work)
 
 
 # ---- 2. ZeRO-1 for the matrix chains: sharded state, portable checkpoints ----------------------
@@ -163,9 +243,11 @@ def _state_rows(opt) -> int:
 
 
 def _zero_matrix_state(rank, world, tmp):
-    for name in ("muon", "namo_d", "normuonh", "soap_muon", "dynmuon"):
+    # without train.zero the matrix chains shard their state just the same
+    for name, zero in (("muon", True), ("namo_d", True), ("normuonh", True), ("soap_muon", True),
+                       ("dynmuon", True), ("namo", False)):
         model, ref = Matrices(), Matrices()
-        opt = build_optimizer(model, config(name), log=quiet, zero=True)
+        opt = build_optimizer(model, config(name), log=quiet, zero=zero)
         ref_opt = build_optimizer(ref, config(name, distributed=False), log=quiet)
         calls = counting(opt)
         for step in range(3):
@@ -201,7 +283,7 @@ def _zero_matrix_state(rank, world, tmp):
         resumed, single = Matrices(seed=1), Matrices(seed=2)
         resumed.load_state_dict(model.state_dict())
         single.load_state_dict(model.state_dict())
-        resumed_opt = build_optimizer(resumed, config(name), log=quiet, zero=True)
+        resumed_opt = build_optimizer(resumed, config(name), log=quiet, zero=zero)
         single_opt = build_optimizer(single, config(name, distributed=False), log=quiet)
         resumed_opt.load_state_dict(copy.deepcopy(saved))
         single_opt.load_state_dict(copy.deepcopy(saved))    # a ZeRO checkpoint in one process
@@ -255,3 +337,17 @@ def test_nccl_without_cuda(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="backend=nccl needs CUDA"):
         setup("cpu", "nccl")
+
+
+def test_iterations_return_their_exact_dtype_without_a_workspace():
+    """On GPUs (no Workspace) every iterative polar method returns its ns_dtype result as it is
+    (no float32 round trip before the gather), the same values as the old cast-back result."""
+    from optim import spectral
+    from optim.rules import ITERATIVE_POLAR, ns_result_dtype, orthogonalize_transform
+    X = torch.randn(3, 48, 32, generator=torch.Generator().manual_seed(0))
+    for ns in ITERATIVE_POLAR:
+        group = dict(ns=ns, ns_steps=5, ns_dtype="bfloat16", ns_eps=1e-7)
+        D = orthogonalize_transform(group, X)
+        assert D.dtype == ns_result_dtype(group, X) == torch.bfloat16, ns
+        old = spectral.orthogonalize(X, method=ns, steps=5, dtype=torch.bfloat16)
+        assert old.dtype == torch.float32 and torch.equal(D.float(), old), ns

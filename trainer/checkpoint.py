@@ -33,10 +33,10 @@ PARTS = ("model", "optimizer", "scaler", "step", "best_val_loss", "rng_cpu")
 def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: float,
          config: dict, device: str, is_main: bool, consolidate: bool, tail_ema=None,
          writer: "Writer | None" = None) -> None:
-    """A collective when `consolidate` (ZeRO-1): call it on every rank; rank 0 writes, through
-    `writer` in the background when given. tail_ema (train.eval_ema, trainer/tail_ema.py): its
-    EMA goes along as "eval_ema"."""
-    if consolidate:
+    """A collective when `consolidate` (under torchrun: the matrix chains and train.zero shard
+    optimizer state): call it on every rank; rank 0 writes, through `writer` in the background
+    when given. tail_ema (train.eval_ema, trainer/tail_ema.py): its EMA goes along as "eval_ema"."""
+    if consolidate and hasattr(optimizer, "consolidate_state_dict"):   # not a plain AdamW
         optimizer.consolidate_state_dict(to=0)
     if not is_main:
         return
