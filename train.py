@@ -102,11 +102,15 @@ def describe(raw_model, t, env: DistEnv, accum: int, block_size: int, tokens_per
             f"{tokens_per_step} tokens/step")
 
 
+def logs(step: int, t) -> bool:
+    """Whether the loop logs the train loss after `step` steps."""
+    return step % t.log_interval == 0 or step == t.max_iters
+
+
 def must_look(next_step: int, t) -> bool:
     """Whether the loop reads the loss (a host sync) before the optimizer step of `next_step`:
     at log points, and before an evaluation, a checkpoint or the end (never of a diverged run)."""
-    return (next_step % t.log_interval == 0 or next_step == t.max_iters
-            or t.eval_due(next_step)
+    return (logs(next_step, t) or t.eval_due(next_step)
             or bool(t.ckpt_interval and next_step % t.ckpt_interval == 0))
 
 
@@ -270,6 +274,8 @@ class Run:
             watch.add(train_loss, p.step)
             if must_look(p.step + 1, t):   # the one host sync of a log interval
                 diverged_at, loss_value = watch.read()
+                if logs(p.step + 1, t):     # the read has just synced: time the interval now
+                    lap = timer.window(synced=True)
                 if diverged_at is not None:
                     p.diverged_at, p.step = diverged_at, diverged_at - 1
                     self.bar.write(f"diverged at step {diverged_at}: train loss non-finite or "
@@ -280,8 +286,8 @@ class Run:
             if self.tail_ema is not None:
                 self.tail_ema.update(p.step)
             timer.step_done()
-            if p.step % t.log_interval == 0 or p.step == t.max_iters:
-                self.log_train(loss_value, *timer.window())
+            if logs(p.step, t):
+                self.log_train(loss_value, *lap)
             self.bar.update(1)
             stop.exchange(p.step)           # torchrun: the ranks' flags, read one step late
             if stop.now():

@@ -161,8 +161,8 @@ class StepTimer:
         self.window_s, self.window_steps, self.t0 = 0.0, 0, None
         self.warm = False
 
-    def _now(self) -> float:
-        if self.cuda:
+    def _now(self, synced: bool = False) -> float:
+        if self.cuda and not synced:
             torch.cuda.synchronize()
         return time.time()
 
@@ -170,9 +170,9 @@ class StepTimer:
         if self.warm and self.t0 is None:
             self.t0 = self._now()
 
-    def pause(self) -> None:
+    def pause(self, synced: bool = False) -> None:
         if self.t0 is not None:
-            self.window_s += self._now() - self.t0
+            self.window_s += self._now(synced) - self.t0
             self.t0 = None
 
     def step_done(self) -> None:
@@ -182,15 +182,17 @@ class StepTimer:
             return
         self.window_steps += 1
 
-    def window(self) -> tuple[float, int]:
-        """(seconds, steps) since the last call; the timing goes on."""
+    def window(self, synced: bool = False) -> tuple[float, int]:
+        """(seconds, steps) since the last call; the timing goes on. synced: the caller has
+        just waited for the device (the loop's loss read), so no second wait: the loop takes
+        its windows at the same point of a step, after the read."""
         running = self.t0 is not None
-        self.pause()
+        self.pause(synced)
         out = (self.window_s, self.window_steps)
         self.seconds, self.steps = self.seconds + out[0], self.steps + out[1]
         self.window_s, self.window_steps = 0.0, 0
         if running:
-            self.resume()
+            self.t0 = time.time() if synced else self._now()
         return out
 
 
