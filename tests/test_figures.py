@@ -105,3 +105,22 @@ def test_report_writes_every_figure(synthetic):
     assert sweep.main(["report", f"sweep.dir={d}"]) == 0
     for name in ("lr_curves.png", "best_curves.png", "lr_grid_curves.png", "verdicts.png"):
         assert (d / name).stat().st_size > 0, name
+
+
+def test_an_archived_sweep_rebuilds_its_report(synthetic, tmp_path):
+    """scripts/archive_sweep.py keeps what `sweep.py report` needs: the committed study rebuilds
+    the same report.md from the archive alone."""
+    import importlib.util
+
+    from runs import REPO
+    d, s, cfg = synthetic
+    assert sweep.main(["report", f"sweep.dir={d}"]) == 0
+    spec = importlib.util.spec_from_file_location("archive_sweep", REPO / "scripts" / "archive_sweep.py")
+    archive_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive_sweep)
+    out = tmp_path / "archived"
+    assert archive_sweep.archive(d, out) == sum(1 for _ in (d / "runs").glob("*"))
+    (out / "report.md").unlink()
+    assert sweep.main(["report", f"sweep.dir={out}"]) == 0
+    strip = lambda t: t.split("\n", 3)[3]   # the setup line names the folder
+    assert strip((out / "report.md").read_text()) == strip((d / "report.md").read_text())
