@@ -342,6 +342,25 @@ def test_unreadable_source(tmp_path):
     assert not (P.dataset_dir(data_cfg(tmp_path)) / "meta.json").exists()
 
 
+def test_unreadable_source_socket(tmp_path, monkeypatch):
+    """A path that exists, is no directory, and that open() refuses for every user, root
+    included: a Unix socket (open gives ENXIO). So the 'cannot be read' error is tested where
+    CI runs, as root, where no permission bits can make a file unreadable."""
+    import socket
+    monkeypatch.chdir(tmp_path)                 # a short relative name: sun_path holds ~108 bytes
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind("source.sock")
+        with pytest.raises(UserError) as e:
+            P.prepare(data_cfg(tmp_path, source=str(tmp_path / "source.sock")))
+        assert_one_line(e, f"data.source={tmp_path / 'source.sock'}", "cannot be read")
+    finally:
+        sock.close()
+    assert not (P.dataset_dir(data_cfg(tmp_path)) / "meta.json").exists()
+
+
+# Permission bits cannot stop root (CAP_DAC_OVERRIDE reads any file), so this one case runs only
+# for other users; the socket test above covers the same error path for root.
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable_source_permissions(tmp_path, small_text):
     locked = tmp_path / "locked.txt"
