@@ -254,6 +254,48 @@ def test_final_eval_is_every_val_window(char_task):
     assert (np.diff(starts) > 0).all() and (starts % 32 == 0).all()
 
 
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_final_eval_when_val_is_a_multiple_of_block_size(tmp_path, small_text, extra):
+    """A window needs block_size + 1 tokens (its inputs and their next-token targets). With a
+    val split of exactly k block_size + extra tokens, full_val_windows gives k - 1 windows for
+    extra = 0 (the k-th block has no target for its last token) and k for extra >= 1, all
+    within the split; final_eval reads every one of them (no IndexError past the end) and scores
+    exactly windows x block_size tokens, equal to the windows scored one by one here."""
+    from model.config import GPTConfig
+    from model.gpt import GPT
+
+    cfg = data_cfg(tmp_path, tokenizer="char", source=str(small_text), auto_prepare=True)
+    P.prepare(cfg)
+    # cut the val split to exactly k block + extra tokens (val.bin and meta.json together)
+    block, k = 32, 60
+    n = k * block + extra
+    folder = P.dataset_dir(cfg)
+    meta = json.loads((folder / "meta.json").read_text())
+    val = read_bin(cfg, "val")[:n].copy()
+    assert len(val) == n
+    val.tofile(folder / "val.bin")
+    meta["tokens"]["val"] = n
+    (folder / "meta.json").write_text(json.dumps(meta))
+    val = val.astype(np.int64)
+    task = LMTask(cfg, block_size=block, seed=0)
+    windows = k - 1 if extra == 0 else k
+    starts = task.full_val_windows(max_tokens=10**9)
+    assert list(starts) == [i * block for i in range(windows)]
+    assert starts[-1] + block + 1 <= n                 # the last window's last target exists
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=block,
+                          vocab_size=task.vocab_size))
+    total, count = task.final_eval(model, batch_size=16, device="cpu", autocast=nullcontext,
+                                   max_tokens=10**9)
+    assert count == windows * block
+    v = torch.from_numpy(val)
+    with torch.no_grad():
+        direct = sum(float(torch.nn.functional.cross_entropy(
+            model(v[s:s + block][None])[0][0], v[s + 1:s + block + 1], reduction="sum"))
+            for s in range(0, windows * block, block))
+    assert total == pytest.approx(direct, rel=1e-5)
+
+
 def test_build_task_auto_prepares(tmp_path, small_text):
     from configs import load_config, to_object
     cfg = to_object(load_config(["data=shakespeare_char", f"data.root={tmp_path}",
@@ -300,6 +342,25 @@ def test_unreadable_source(tmp_path):
     assert not (P.dataset_dir(data_cfg(tmp_path)) / "meta.json").exists()
 
 
+def test_unreadable_source_socket(tmp_path, monkeypatch):
+    """A path that exists, is no directory, and that open() refuses for every user, root
+    included: a Unix socket (open gives ENXIO). So the 'cannot be read' error is tested where
+    CI runs, as root, where no permission bits can make a file unreadable."""
+    import socket
+    monkeypatch.chdir(tmp_path)                 # a short relative name: sun_path holds ~108 bytes
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind("source.sock")
+        with pytest.raises(UserError) as e:
+            P.prepare(data_cfg(tmp_path, source=str(tmp_path / "source.sock")))
+        assert_one_line(e, f"data.source={tmp_path / 'source.sock'}", "cannot be read")
+    finally:
+        sock.close()
+    assert not (P.dataset_dir(data_cfg(tmp_path)) / "meta.json").exists()
+
+
+# Permission bits cannot stop root (CAP_DAC_OVERRIDE reads any file), so this one case runs only
+# for other users; the socket test above covers the same error path for root.
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable_source_permissions(tmp_path, small_text):
     locked = tmp_path / "locked.txt"

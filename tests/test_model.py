@@ -1,10 +1,19 @@
 """The GPT is faithful to GPT-2: transformers' GPT2LMHeadModel weights give the same logits."""
+import os
+
 import pytest
 import torch
 
 from model import GPT, GPTConfig
 
-transformers = pytest.importorskip("transformers")
+try:
+    import transformers
+except ImportError:
+    # transformers is in pyproject's dev extras: CI (CI set, as CI services do) must have it, so
+    # there a missing transformers fails the run instead of silently skipping the equivalence
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        raise
+    pytest.skip("transformers is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
 
 @pytest.mark.parametrize("n_layer,n_head,n_embd", [(2, 2, 64), (3, 4, 96)])

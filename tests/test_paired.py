@@ -81,3 +81,135 @@ def test_scaling_fit_recovers_a_noiseless_law(alpha, beta, gamma):
     # an optimizer that reaches the baseline's 2x-budget loss with 1x the tokens: speedup 2
     assert effective_speedup(fit, fit.loss(2 * D[2]), D[2]) == pytest.approx(2.0, rel=1e-4)
     assert effective_speedup(fit, gamma - 0.1, D[2]) == math.inf
+
+
+# ---- the bootstrap, seeds-to-resolve and the L(D) fit against hand computations ----------------
+
+def percentile_bootstrap(diffs, confidence, resamples, seed):
+    """The percentile bootstrap written out with numpy: `resamples` resamples of the n
+    differences with replacement (indices from default_rng(seed).integers), the mean of each,
+    and the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of those means."""
+    rng = np.random.default_rng(seed)
+    n = len(diffs)
+    idx = rng.integers(0, n, size=(resamples, n))
+    means = np.array([np.mean([diffs[i] for i in row]) for row in idx])
+    return (float(np.quantile(means, (1 - confidence) / 2)),
+            float(np.quantile(means, (1 + confidence) / 2)))
+
+
+DIFFS = np.array([-0.012, 0.003, -0.007, -0.021, 0.001, -0.009, 0.004])
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.5])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_bootstrap_interval_is_the_percentile_bootstrap(confidence, seed):
+    """bootstrap_interval at several levels and seeds equals the percentile bootstrap computed
+    here with the same numpy Generator seed, to the last bit of its quantiles."""
+    from sweeper.paired import bootstrap_interval
+    got = bootstrap_interval(DIFFS, confidence=confidence, resamples=2000, seed=seed)
+    assert got == pytest.approx(percentile_bootstrap(DIFFS, confidence, 2000, seed), rel=1e-12)
+
+
+def test_bootstrap_levels_nest_and_paired_uses_95():
+    """The 90% interval lies strictly inside the 95% one (a level not halved into two tails, or
+    the tails swapped, breaks this), and paired() reports the 95% bootstrap with seed 0 and
+    10000 resamples."""
+    from sweeper.paired import bootstrap_interval
+    lo90, hi90 = bootstrap_interval(DIFFS, confidence=0.9)
+    lo95, hi95 = bootstrap_interval(DIFFS, confidence=0.95)
+    assert lo95 < lo90 < DIFFS.mean() < hi90 < hi95
+    r = paired("a", {s: 2.0 + d for s, d in enumerate(DIFFS)}, "b", {s: 2.0 for s in range(7)})
+    want = percentile_bootstrap(r.diffs, 0.95, 10_000, 0)
+    assert (r.boot_low, r.boot_high) == pytest.approx(want, rel=1e-12)
+
+
+def hand_seeds_to_resolve(sd, delta, confidence=0.95, most=10_000):
+    """The fewest n (from 2, then by 1 up to 64, then by n // 8) with
+    t_{(1 + confidence)/2, n - 1} sd / sqrt(n) < |delta|, scipy's t quantile; None past most."""
+    from scipy import stats
+    n = 2
+    while n <= most:
+        if stats.t.ppf((1 + confidence) / 2, df=n - 1) * sd / math.sqrt(n) < abs(delta):
+            return n
+        n = n + 1 if n < 64 else n + n // 8
+    return None
+
+
+@pytest.mark.parametrize("sd,delta,confidence", [
+    (0.01, 0.005, 0.95), (0.02, 0.01, 0.95), (0.005, 0.01, 0.95), (0.01, -0.004, 0.95),
+    (0.02, 0.004, 0.95),      # past 64: 64, 72, 81, 91, 102, ...
+    (0.05, 0.0011, 0.95),     # thousands of seeds, by steps of n // 8
+    (0.1, 0.001, 0.95),       # more than 10000: None
+    (0.01, 0.005, 0.9), (0.02, 0.004, 0.99)])
+def test_seeds_to_resolve_matches_a_hand_loop(sd, delta, confidence):
+    want = hand_seeds_to_resolve(sd, delta, confidence)
+    assert seeds_to_resolve(sd, delta, confidence) == want
+    if want is not None and want > 2:   # and it is the first sufficient n of the grid
+        from scipy import stats
+        assert stats.t.ppf((1 + confidence) / 2, want - 1) * sd / math.sqrt(want) < abs(delta)
+
+
+def test_seeds_to_resolve_exact_values():
+    """Values worked out once by hand from a t table (t_{0.975, 17} = 2.110: 2.110 x 0.01 /
+    sqrt(18) = 0.00497 < 0.005, while n = 17 gives 2.120 x 0.01 / sqrt(17) = 0.00514), so the
+    hand loop above is checked too."""
+    assert seeds_to_resolve(0.01, 0.005) == 18
+    assert seeds_to_resolve(0.02, 0.01) == 18
+    assert seeds_to_resolve(0.005, 0.01) == 4    # t_{0.975, 3} = 3.182: 3.182 x 0.005 / 2 < 0.01
+    assert seeds_to_resolve(0.02, 0.004) == 102  # 1.96 x 5 ~ 9.8: n ~ 96-100 lies in 91..102
+
+
+def test_l_of_d_fit_uses_the_mean_per_budget_with_unequal_seeds():
+    """sweeper.speedup.baseline_fit on a baseline whose budget runs (0.25x, 0.5x, 2x) have 3
+    seeds and whose scored runs (the 1x budget, stage 2) have 4: the fit is of the per-budget
+    MEANS (each budget one point), equal to scipy.optimize.curve_fit called here on the means
+    computed here; other curves, other lrs and unfinished runs are left out."""
+    from types import SimpleNamespace
+
+    from scipy.optimize import curve_fit
+
+    from sweeper.speedup import baseline_fit
+
+    base, lr, col = 400_000, 1e-3, "final_val_loss_full"
+    law = {0.25: 2.30, 0.5: 2.05, 1.0: 1.88, 2.0: 1.77}
+    noise = {0: 0.031, 1: -0.012, 2: 0.020, 3: -0.044}   # seed 3 only at 1x: skews a pooled fit
+    rows = []
+    for f, loss in law.items():
+        stage, seeds = ("2", range(4)) if f == 1.0 else ("budget", range(3))
+        for s in seeds:
+            rows.append(dict(curve="adamw", lr=lr, stage=stage, seed=s, status="completed",
+                             tokens=int(f * base), **{col: loss + noise[s] * f}))
+    rows += [dict(curve="muon", lr=lr, stage="budget", seed=0, status="completed",
+                  tokens=base // 4, **{col: 9.0}),
+             dict(curve="adamw", lr=2e-3, stage="budget", seed=0, status="completed",
+                  tokens=base // 4, **{col: 9.0}),
+             dict(curve="adamw", lr=lr, stage="budget", seed=5, status="diverged",
+                  tokens=base // 2, **{col: 9.0})]
+    summary = SimpleNamespace(scores={"adamw": SimpleNamespace(lr=lr)}, column=col,
+                              curves={"adamw": SimpleNamespace(tuned={})})
+    fit, budgets = baseline_fit(rows, summary, "adamw")
+
+    D = np.array(sorted(int(f * base) for f in law), dtype=np.float64)
+    means = []
+    for d in D:
+        vals = [r[col] for r in rows if r["curve"] == "adamw" and r["lr"] == lr
+                and r["status"] == "completed" and r["tokens"] == d]
+        means.append(sum(vals) / len(vals))
+    counts = [3, 3, 4, 3]
+    assert [(d, n) for d, _, n in budgets] == list(zip(D.tolist(), counts))
+    assert [m for _, m, _ in budgets] == pytest.approx(means, rel=1e-12)
+
+    scale = D.max()
+    (a, b, g), _ = curve_fit(lambda d, a, b, g: a * (d / scale) ** -b + g, D, np.array(means),
+                             p0=(0.1, 0.5, 1.6), maxfev=50_000)
+    assert (fit.alpha, fit.beta, fit.gamma) == pytest.approx((a, b, g), rel=1e-4)
+    assert fit.scale == scale
+    for d in D:   # the same curve at every budget
+        assert fit.loss(d) == pytest.approx(a * (d / scale) ** -b + g, rel=1e-7)
+    # a fit of every run as its own point weights the 4-seed budget more: a different curve
+    pooled = [(r["tokens"], r[col]) for r in rows if r["curve"] == "adamw" and r["lr"] == lr
+              and r["status"] == "completed"]
+    (pa, pb, pg), _ = curve_fit(lambda d, a, b, g: a * (d / scale) ** -b + g,
+                                np.array([p[0] for p in pooled], dtype=np.float64),
+                                np.array([p[1] for p in pooled]), p0=(0.1, 0.5, 1.6), maxfev=50_000)
+    assert abs(pg - g) > 1e-3 * abs(g)

@@ -253,3 +253,78 @@ def test_sweep_stop_interrupts_runs_and_the_same_command_resumes(tmp_path, small
     assert (run / "train.log").read_text().count("sweep.py launches") == 2
     steps = [e[:2] for e in events(run)]
     assert len(steps) == len(set(steps)), "an event logged twice after the resume"
+
+
+# ---------------------------------------------------------------------------------------------
+# A kill right after an evaluation that improved best_val_loss, at a checkpoint step
+
+# train.py in a child process that stops itself right after the evaluation of step 20 (a
+# checkpoint step and an eval step: the checkpoint of step 20 is written before that
+# evaluation, so it holds the best_val_loss of step 0 only). SIGKILL: nothing more is written;
+# SIGTERM: the graceful stop ends step 20's update and checkpoints step 21.
+KILL_AFTER_EVAL = """
+import os, signal, sys
+import train
+SIG, ARGS = getattr(signal, sys.argv[1]), sys.argv[2:]   # before Hydra rewrites sys.argv
+evaluate = train.Run.evaluate
+def evaluate_then_stop(self):
+    evaluate(self)
+    if self.progress.step == 20:
+        if self.ckpt_writer is not None:
+            self.ckpt_writer.wait()       # the checkpoint of step 20 is on disk
+        os.kill(os.getpid(), SIG)
+train.Run.evaluate = evaluate_then_stop
+sys.exit(train.main(ARGS))
+"""
+
+
+def eval_records(out: Path) -> list[tuple]:
+    return [(r["step"], r["val/loss"]) for r in read_metrics(out) if "val/loss" in r]
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_stop_right_after_an_improving_eval_at_a_checkpoint_step(tmp_path, small_text, sig):
+    """30 steps, evaluations at 0 and 20 only (no evaluation at the end), checkpoints every 20:
+    the run is stopped right after the evaluation of step 20, which improved best_val_loss. The
+    resumed run's best_val_loss, final_val_loss and eval records equal an uninterrupted run's
+    exactly, with the evaluation of step 20 recorded once."""
+    args = tiny_args(tmp_path, small_text, "train.max_iters=30", "train.eval_interval=20",
+                     "train.ckpt_interval=20", "train.eval_at_end=false", "model.dropout=0.1")
+    full, out = tmp_path / "full", tmp_path / "stopped"
+    assert train.main(args + [f"out_dir={full}"]) == 0
+    reference = summary(full)
+    (e0, l0), (e20, l20) = eval_records(full)
+    assert (e0, e20) == (0, 20) and l20 < l0          # the evaluation of step 20 improved it
+    assert reference["best_val_loss"] == l20 and reference["final_val_loss"] == l20
+
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_EVAL, sig, *args, f"out_dir={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    if sig == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert not (out / "summary.json").exists() and ckpt_step(out) == 20
+    else:
+        assert proc.returncode == EXIT_INTERRUPTED, proc.stderr[-2000:]
+        assert summary(out)["best_val_loss"] == l20 and ckpt_step(out) == 21
+    assert eval_records(out) == [(0, l0), (20, l20)]  # the stopped run did log that evaluation
+
+    assert train.main(args + [f"out_dir={out}", "resume=true"]) == 0
+    resumed = summary(out)
+    assert resumed["status"] == "completed" and resumed["steps"] == 30
+    for key in ("best_val_loss", "final_val_loss", "final_val_loss_full"):
+        assert resumed[key] == reference[key], key
+    assert eval_records(out) == eval_records(full)    # step 20 once, the same value
+    assert events(out) == events(full)
+
+
+def test_a_muon_checkpoint_does_not_resume_as_namo(tmp_path, small_text, capsys):
+    """optimizer.name is one of checkpoint.STATE_KEYS: resuming an optimizer=muon run with
+    optimizer=namo is refused by name (one error line, exit 2), nothing loaded or changed."""
+    out = tmp_path / "run"
+    args = tiny_args(tmp_path, small_text, "train.max_iters=5", "optimizer=muon", f"out_dir={out}")
+    assert train.main(args) == 0
+    before = (out / "ckpt.pt").read_bytes(), (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert train.main(args + ["optimizer=namo", "resume=true"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.name=muon there, namo here" in err, err
+    assert ((out / "ckpt.pt").read_bytes(), (out / "summary.json").read_text()) == before

@@ -11,7 +11,28 @@ import pytest
 import torch
 
 from configs.errors import UserError
-from optim import spectral
+from optim import polar, spectral
+
+# The published coefficients, written here literally (never read from the code under test):
+# Keller Jordan's quintic (Muon; modded-nanogpt, and quoted in arXiv 2505.16932 section 1.2 as
+# p(x) = 3.4445 x - 4.7750 x^3 + 2.0315 x^5) ...
+MUON_QUINTIC = (3.4445, -4.7750, 2.0315)
+# ... modded-nanogpt Track 3's baseline iteration (records/track_3_optimization/
+# train_gpt_simple*.py: `a, b, c = 2, -1.5, 0.5`, 12 steps): optimizer.ns=cubic ...
+TRACK3_NS = (2, -1.5, 0.5)
+# ... and Polar Express, arXiv 2505.16932 Algorithm 1 (degree 5): coeffs_list, then every
+# polynomial but the last divided by the safety factor 1.01 (a / 1.01, b / 1.01^3, c / 1.01^5),
+# and X0 = X / (1.01 ||X||_F + 1e-7).
+POLAR_EXPRESS_PAPER = [
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+]
 
 SHAPES = [(40, 40), (96, 32), (32, 96), (3, 40, 24), (2, 2, 24, 40)]   # square/tall/wide/batched
 
@@ -61,7 +82,7 @@ def test_newton_schulz_is_the_quintic_map_on_singular_values(shape):
     X = (U * s.unsqueeze(-2)) @ V.mT
     O = spectral.newton_schulz(X.float())
     assert O.dtype == torch.float32 and O.shape == X.shape
-    a, b, c = spectral.NS_COEFFS
+    a, b, c = MUON_QUINTIC
     f = s / s.norm(dim=-1, keepdim=True)
     for _ in range(5):
         f = a * f + b * f ** 3 + c * f ** 5
@@ -81,7 +102,7 @@ def test_newton_schulz_in_a_workspace_is_the_same_map(dtype, tol):
     the allocating path up to rounding, its result in the iteration's dtype, and its buffers
     reused from call to call (and replaced when the shape changes)."""
     work = spectral.Workspace()
-    a, b, c = spectral.NS_COEFFS
+    a, b, c = MUON_QUINTIC
     for shape in SHAPES + [(96, 32)]:
         U, s, V = random_svd(shape)
         X = ((U * s.unsqueeze(-2)) @ V.mT).float()
@@ -171,3 +192,28 @@ def test_top_rank_polar(shape, rank):
     sv = torch.linalg.svdvals(O.double())
     assert torch.allclose(sv[..., :rank], torch.ones_like(sv[..., :rank]), atol=1e-5)
     assert (sv[..., rank:] < 1e-5).all()
+
+
+def test_coefficients_are_the_published_numbers():
+    """NS_COEFFS, the Track 3 iteration and the Polar Express table equal the published numbers
+    above, exactly (a typo in one digit changes the map on every singular value)."""
+    assert tuple(spectral.NS_COEFFS) == MUON_QUINTIC
+    assert tuple(spectral.CUBIC_COEFFS) == TRACK3_NS
+    assert [tuple(c) for c in polar.POLAR_EXPRESS_RAW] == POLAR_EXPRESS_PAPER
+    safe = [(a / 1.01, b / 1.01 ** 3, c / 1.01 ** 5) for a, b, c in POLAR_EXPRESS_PAPER[:-1]]
+    assert [tuple(c) for c in polar.POLAR_EXPRESS_COEFFS] == safe + POLAR_EXPRESS_PAPER[-1:]
+    assert polar.coefficients(10) == safe + POLAR_EXPRESS_PAPER[-1:] * 3
+
+
+@pytest.mark.parametrize("method,table", [("newton_schulz", [MUON_QUINTIC] * 5),
+                                          ("cubic", [TRACK3_NS] * 12)])
+def test_iterations_are_the_published_maps_in_float32(method, table):
+    """orthogonalize in float32 against the published iteration written out in float64 (X0 =
+    X / (||X||_F + 1e-7) on the short side, X <- a X + (b A + c A^2) X): float32 rounding only."""
+    X = torch.randn(40, 24, dtype=torch.float64)
+    O = spectral.orthogonalize(X.float(), method=method, steps=len(table), dtype=torch.float32)
+    Y = X.T / (X.norm() + 1e-7)
+    for a, b, c in table:
+        A = Y @ Y.T
+        Y = a * Y + (b * A + c * A @ A) @ Y
+    assert rel_err(O, Y.T) < 1e-5

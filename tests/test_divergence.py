@@ -1,0 +1,107 @@
+"""Divergence: trainer/loop.py's DivergenceWatch (add(loss, step) each step, read() at the loop's
+look points -> (the 1-based FIRST diverged step or None, the last loss)) on hand-made loss
+sequences, and train.py end to end: a run whose train loss goes bad at a known step ends with
+summary.json's diverged_at_step = that step (1-based) and steps = diverged_at_step - 1 (the
+rollback: the bad step's update is never applied)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import train
+from runs import tiny_args
+from trainer.loop import DivergenceWatch
+
+
+def feed(watch: DivergenceWatch, losses: list, start: int) -> None:
+    """Losses of 0-based steps start, start + 1, ..., as the loop adds them (float64 scalars)."""
+    for i, loss in enumerate(losses):
+        watch.add(torch.tensor(loss, dtype=torch.float64), start + i)
+
+
+def test_healthy_window_reads_none_and_the_last_loss():
+    watch = DivergenceWatch(limit=20.0, device="cpu")
+    feed(watch, [4.0, 3.5, 3.25], start=0)
+    assert watch.read() == (None, 3.25)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 20.5])
+def test_first_bad_step_is_reported_one_based(bad):
+    """Non-finite (nan, +-inf) and above-limit losses all count; the step is 1-based (0-based
+    step 6 is the 7th step)."""
+    watch = DivergenceWatch(limit=20.0, device="cpu")
+    feed(watch, [4.0, 3.9, 3.8, 3.7, 3.6, 3.5, bad, 3.4], start=0)
+    first, last = watch.read()
+    assert first == 7 and last == 3.4
+
+
+def test_the_limit_itself_is_not_divergence():
+    """'above the limit': a loss equal to train.diverge_loss is still healthy."""
+    watch = DivergenceWatch(limit=20.0, device="cpu")
+    feed(watch, [20.0, 19.0], start=0)
+    assert watch.read() == (None, 19.0)
+
+
+def test_several_bad_steps_in_one_window_give_the_first():
+    """Steps 12, 13 and 14 (0-based) are bad in one read window: the first, 13 (1-based), not the
+    last (15) nor the count, whatever their kinds and order of size."""
+    watch = DivergenceWatch(limit=10.0, device="cpu")
+    feed(watch, [3.0, 2.9], start=10)
+    feed(watch, [50.0, math.nan, 11.0], start=12)
+    first, last = watch.read()
+    assert first == 13 and math.isclose(last, 11.0)
+
+
+def test_a_bad_step_of_an_earlier_window_is_kept():
+    """A later read, of healthy or of other bad steps, keeps the first window's verdict."""
+    watch = DivergenceWatch(limit=10.0, device="cpu")
+    feed(watch, [3.0, 99.0, 3.0], start=0)            # step 1 (0-based) is bad: 2
+    assert watch.read() == (2, 3.0)
+    feed(watch, [2.5, 2.4, 2.3], start=3)
+    assert watch.read() == (2, 2.3)
+    feed(watch, [math.inf, 2.2], start=6)             # a later bad step does not replace it
+    assert watch.read() == (2, 2.2)
+
+
+def test_steps_need_not_start_at_zero():
+    """A resumed run adds steps from its checkpoint's step on: the verdict is the step added."""
+    watch = DivergenceWatch(limit=10.0, device="cpu")
+    feed(watch, [3.0, 3.0, math.nan], start=300)
+    assert watch.read()[0] == 303
+
+
+# ---- train.py end to end -------------------------------------------------------------------------
+
+def bad_loss_at(monkeypatch, bad: dict) -> None:
+    """train.forward_backward with the returned loss replaced at the 0-based steps in `bad` (the
+    gradients stay real): divergence at a step known in advance."""
+    real = train.forward_backward
+
+    def forward_backward(*args, step, **kw):
+        loss = real(*args, step=step, **kw)
+        return torch.full_like(loss, bad[step]) if step in bad else loss
+    monkeypatch.setattr(train, "forward_backward", forward_backward)
+
+
+@pytest.mark.parametrize("bad,first", [({12: math.nan, 13: math.nan, 14: 1e9}, 13),
+                                       ({7: 25.0}, 8)])
+def test_diverged_run_rolls_back_to_the_step_before(tmp_path, small_text, monkeypatch, bad, first):
+    """log_interval 5: the loop reads the losses of steps 10-14 together; the bad steps 12-14
+    (nan, nan, 1e9) give diverged_at_step 13 and steps 12 (13's update is not applied; 12 steps
+    of tokens), and a loss of 25 > train.diverge_loss=20 at step 7 gives 8 and 7. Nothing is
+    logged past the rollback, and there is no final evaluation."""
+    bad_loss_at(monkeypatch, bad)
+    out = tmp_path / "div"
+    assert train.main(tiny_args(tmp_path, small_text, f"out_dir={out}", "train.diverge_loss=20",
+                                "train.max_iters=40")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "diverged"
+    assert s["diverged_at_step"] == first
+    assert s["steps"] == first - 1
+    assert s["tokens"] == (first - 1) * 4 * 32
+    assert s["final_val_loss"] is None and s["final_val_loss_full"] is None
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in recs) <= first - 1
