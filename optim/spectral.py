@@ -22,9 +22,9 @@ from optim import polar
 from optim.config import POWERS          # the spectral family's p: 1, 1/2, 1/4, 0
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
-# The classic cubic (Newton-Schulz proper, s -> 1.5 s - 0.5 s³ written with Muon's B X form):
-# converges to exactly 1, slowly; Track 3's baseline (modded-nanogpt train_gpt_simple.py) runs
-# 12 steps of it. optimizer.ns=cubic.
+# Track 3's "cubic" (modded-nanogpt train_gpt_simple.py): in Muon's a X + b (X Xᵀ) X + c (X Xᵀ)² X
+# form each singular value goes s -> 2 s - 1.5 s³ + 0.5 s⁵, which fixes 1 with zero slope
+# (converges to exactly 1, slowly from small s); their baseline runs 12 steps. optimizer.ns=cubic.
 CUBIC_COEFFS = (2.0, -1.5, 0.5)
 COEFFS = {"newton_schulz": NS_COEFFS, "cubic": CUBIC_COEFFS}
 # Newton-Schulz's starting scale: X / (||X||_F + eps), or X / max(||X Xᵀ||_F^(1/2), eps) (the
