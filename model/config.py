@@ -11,6 +11,10 @@ from configs.errors import UserError
 GELUS = ("tanh", "exact")
 ARCHS = ("gpt2", "track3")
 EMBED_DTYPES = ("float32", "bfloat16")
+# model.init (track3 only): default, train_gpt_simple.py's loop (output projections and head zero);
+# the Hyperball records' own (which give every hidden matrix a nonzero norm to keep):
+# normal_scaled, result #5 MuonH's; torch_scaled, results #4 AdamH's and #8 NorMuonH's.
+INITS = ("default", "normal_scaled", "torch_scaled")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class GPTConfig:
     arch: str = "gpt2"
     head_dim: int = 128          # track3; any arch with n_head: null
     embed_dtype: str = "float32"  # track3 only: float32 | bfloat16
+    init: str = "default"        # INITS; not default only with track3
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -56,8 +61,13 @@ class GPTConfig:
         if self.embed_dtype not in EMBED_DTYPES:
             raise UserError(f"model.embed_dtype={self.embed_dtype!r} is not one of "
                             f"{', '.join(EMBED_DTYPES)}")
+        if self.init not in INITS:
+            raise UserError(f"model.init={self.init!r} is not one of {', '.join(INITS)}")
         if self.arch == "track3":
             self._check_track3()
+        elif self.init != "default":
+            raise UserError(f"model.init={self.init} is an init of model.arch=track3 (the "
+                            f"Hyperball records'); model.arch={self.arch} has only model.init=default")
 
     def _check_track3(self):
         if self.head_dim < 1 or self.n_embd % self.head_dim:

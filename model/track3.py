@@ -21,6 +21,12 @@ from model.gpt import padded_vocab
 
 SOFTCAP = 15.0      # logits -> 15 x / sqrt(x^2 + 15^2)
 ATTN_SCALE = 0.12   # their attention scale, in place of 1 / sqrt(head_dim)
+# The Hyperball records' multipliers (model.init=normal_scaled / torch_scaled), by name suffix
+PROJ_SCALES = {".attn.proj.weight": 1.25, ".mlp.proj.weight": 3.0, ".mlp.fc.weight": 1.5}
+
+
+def proj_scale(name: str) -> float | None:
+    return next((v for suffix, v in PROJ_SCALES.items() if name.endswith(suffix)), None)
 
 
 class RMSNorm(nn.Module):
@@ -125,14 +131,24 @@ class Track3GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Their init loop, call for call (so the RNG stream matches theirs): output projections
-        and the head zero, the embedding N(0, 1), other matrices N(0, 0.33 / fan_in), biases zero,
-        gains normal_(mean=1, std=0) (which is 1, and still draws from the generator)."""
+        """Their init loop, call for call (so the RNG stream matches theirs). model.init=default,
+        train_gpt_simple.py's: output projections and the head zero, the embedding N(0, 1), other
+        matrices N(0, 0.33 / fan_in), biases zero, gains normal_(mean=1, std=0) (which is 1, and
+        still draws from the generator). normal_scaled, result #5 MuonH's: the same draws with
+        no matrix zeroed, then PROJ_SCALES. torch_scaled, results #4 AdamH's and #8 NorMuonH's:
+        torch's construction init kept, PROJ_SCALES, then the head and the "proj" biases zero."""
+        init = self.config.init
         for name, p in self.named_parameters():
             name = name.replace("lm_head.", "proj.")   # their name for the head
             w = p.data
+            if init == "torch_scaled":
+                if scale := proj_scale(name):
+                    w.mul_(scale)
+                elif "proj" in name:                      # the head's weight, the proj biases
+                    w.zero_()
+                continue
             if name.endswith("weight"):
-                if "proj" in name:
+                if "proj" in name and init == "default":
                     w.zero_()
                 elif "embed" in name:
                     w.normal_()
@@ -144,6 +160,8 @@ class Track3GPT(nn.Module):
                 w.normal_(mean=1, std=0)
             else:
                 raise AssertionError(f"uninitialized parameter: {name}")
+            if init == "normal_scaled" and (scale := proj_scale(name)):
+                w.mul_(scale)
 
     def forward(self, idx, targets=None, return_logits: bool = False):
         """(soft-capped float32 logits (B, T, vocab), None); with targets (None, their mean

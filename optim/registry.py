@@ -249,8 +249,8 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
         if chain.apply is hyperball_apply and (zeros := sum(
                 int(not p.detach().any()) for _, p in matrix)):
             log(f"optimizer: {cfg.name}: {zeros} hidden matrices are zero and stay zero under the "
-                f"hyperball step (the records initialize them nonzero: see "
-                f"configs/optimizer/{cfg.name}.yaml)")
+                f"hyperball step (the records initialize them nonzero: model.init=normal_scaled "
+                f"or torch_scaled, see configs/optimizer/{cfg.name}.yaml)")
         return combined
     return build
 

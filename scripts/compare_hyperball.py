@@ -11,10 +11,16 @@ side: build_optimizer with configs/optimizer/<name>.yaml's matrix hyperparameter
 seeded gradients for STEPS steps, at the record's lr scaled by LR_FACTORS per step (their
 cooldown's shape; every step re-reads group["lr"]). The fixture keeps their weights after the
 first and the last step; tests/test_hyperball.py replays our side against it.
+
+The records' init too (INITS: #5's is model.init=normal_scaled, #4's and #8's torch_scaled): their
+GPT classes and init section exec'd at compare_track3's reduced size (float32 embedding, as
+compare_track3 patches it), against our Track3GPT with that model.init, from the same seed; the
+fixture keeps their initial weights' fingerprints.
 """
 from __future__ import annotations
 
 import argparse
+import textwrap
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +68,45 @@ def their_code(checkout: Path, name: str) -> str:
     for old, new in PATCHES:
         code = code.replace(old, new)
     return code
+
+
+# name: our model.init for the record's init section
+INITS = {"muonh": "normal_scaled", "adamh": "torch_scaled", "normuonh": "torch_scaled"}
+INIT_STOPS = ("# create the optimizer(s)", "# split block-level")
+
+
+def their_init(checkout: Path, name: str) -> dict:
+    """The record's GPT at compare_track3's size, initialized by the record's own loop."""
+    import compare_track3 as ct
+    file, start, _, _ = RECORDS[name]
+    text = (checkout / file).read_text()
+    line_start = lambda i: text.rindex("\n", 0, i) + 1  # noqa: E731
+    classes = text[text.index("class RMSNorm"):text.index(start)]
+    classes = classes.replace(*ct.PATCHES[0][:2])                # the embedding in float32
+    i = line_start(text.index("# initialize model parameters"))
+    j = line_start(min(text.index(s, i) for s in INIT_STOPS if s in text[i:]))
+    init = textwrap.dedent(text[i:j])    # #5's sits in a block, #4's and #8's at top level
+    scope = {"torch": torch, "Tensor": torch.Tensor, "nn": torch.nn,
+             "F": torch.nn.functional, "dist": OneProcess}
+    exec(compile(classes, file, "exec"), scope)
+    torch.manual_seed(ct.SEED)
+    scope["model"] = scope["GPT"](vocab_size=ct.VOCAB_PADDED, num_layers=ct.LAYERS,
+                                  model_dim=ct.WIDTH)
+    exec(compile(init, file, "exec"), scope)
+    return {k.replace("proj.", "lm_head.", 1) if k.startswith("proj.") else k: v.detach().clone()
+            for k, v in scope["model"].state_dict().items()}
+
+
+def our_init(init: str) -> dict:
+    """Our Track3GPT at compare_track3's size with model.init=init, from the same seed."""
+    import compare_track3 as ct
+    from configs import load_config, to_object
+    from model import build_model
+    from model.config import GPTConfig
+    cfg = to_object(load_config(ct.OURS + [f"model.init={init}"]))
+    torch.manual_seed(ct.SEED)
+    model = build_model(GPTConfig(**{**vars(cfg.model), "block_size": ct.BLOCK, "vocab_size": 65}))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def matrices(dtype=torch.float32) -> list[torch.Tensor]:
@@ -130,6 +175,17 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(args.modded_nanogpt), "rev-parse", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
     print(f"their checkout: {COMMIT.split('@')[0]}@{commit}")
+    import compare_published as cp
+    inits = {}
+    for name, (file, *_rest) in RECORDS.items():
+        theirs, ours = their_init(args.modded_nanogpt, name), our_init(INITS[name])
+        inits[name] = {"file": file, "init": INITS[name], "fingerprint": cp.fingerprint(theirs)}
+        same = theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+        worst = max(((theirs[k] - ours[k]).abs().max().item() for k in theirs), default=0.0) \
+            if theirs.keys() == ours.keys() else float("inf")
+        print(f"{name} init ({file}) vs model.init={INITS[name]}: "
+              f"{'bitwise equal' if same else 'DIFFERENT'}, max |diff| {worst:.1e} "
+              f"over {len(theirs)} tensors")
     cases = {}
     for name, (file, *_rest) in RECORDS.items():
         theirs, ours = run_theirs(args.modded_nanogpt, name), run_ours(name)
@@ -144,7 +200,8 @@ def main() -> None:
     if args.fixture:
         args.fixture.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"commit": commit, "repo": COMMIT.split("@")[0], "shapes": SHAPES,
-                    "steps": STEPS, "seed": SEED, "lr_factors": LR_FACTORS, "cases": cases},
+                    "steps": STEPS, "seed": SEED, "lr_factors": LR_FACTORS, "cases": cases,
+                    "inits": inits},
                    args.fixture)
         print(f"fixture written: {args.fixture}")
 

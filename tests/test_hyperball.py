@@ -163,6 +163,31 @@ def test_matches_the_records_code(name, fixture):
             assert rel(a.double() - w.double(), b.double() - w.double()) < 2e-5, (name, when)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_records_init(name, fixture):
+    """model.init=normal_scaled (#5) / torch_scaled (#4, #8) gives, from the same seed, the
+    initial weights the record's own init section gave (fingerprints to 1e-12); the default init
+    (projections and head zero) does not."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import compare_hyperball as ch
+    import compare_published as cp
+    want = fixture["inits"][name]
+    assert want["file"] == ch.RECORDS[name][0] and want["init"] == ch.INITS[name]
+    mine = cp.fingerprint(ch.our_init(ch.INITS[name]))
+    assert mine.keys() == want["fingerprint"].keys()
+    for key, pair in want["fingerprint"].items():
+        assert mine[key] == pytest.approx(pair, rel=1e-12, abs=1e-12), (name, key)
+    default = cp.fingerprint(ch.our_init("default"))
+    assert default["blocks.0.attn.proj.weight"][0] == 0 != want["fingerprint"]["blocks.0.attn.proj.weight"][0]
+
+
+def test_init_is_track3_only():
+    with pytest.raises(UserError, match="model.init=normal_scaled is an init of model.arch=track3"):
+        to_object(load_config(["model.init=normal_scaled"]))
+    with pytest.raises(UserError, match="model.init='kaiming' is not one of"):
+        to_object(load_config(["model=track3_mini", "model.init=kaiming"]))
+
+
 # ---- the Track 3 model, resume, bad input ---------------------------------------------------------
 
 def track3_mini():
@@ -209,3 +234,19 @@ def test_weight_decay_is_refused(override):
     model.ws = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(8, 8))])
     with pytest.raises(UserError, match="^optimizer=muonh keeps every hidden matrix's norm"):
         build_optimizer(model, yaml_config("muonh", override), log=quiet)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_yamls_record_command_loads(name):
+    """The record's command in configs/optimizer/<name>.yaml loads, with the record's init."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import compare_hyperball as ch
+    text = (REPO / "configs" / "optimizer" / f"{name}.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("#   experiment=track3"))
+    args = []
+    for line in text[start:]:
+        if not line.startswith("#   "):
+            break
+        args += line[1:].split()
+    cfg = to_object(load_config(args))
+    assert cfg.optimizer.name == name and cfg.model.init == ch.INITS[name]
