@@ -2,6 +2,7 @@
 `task` group (TaskConfig, configs/task/): torch-free, each validates itself."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -58,6 +59,19 @@ def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
+# Peak bytes per (a, b) pair while data/grokking.py builds the task (int64 tokens and targets,
+# the shuffle, the split copies): 146-195 measured at moduli 4001 and 2003; rounded up.
+PAIR_BYTES = 200
+
+
+def physical_memory() -> int:
+    """This machine's RAM in bytes (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 @dataclass
 class TaskConfig:
     """The `task` config group's schema (configs/task/<name>.yaml): what a run learns."""
@@ -87,6 +101,13 @@ class TaskConfig:
         if not 0 < self.acc_threshold <= 1:
             raise UserError(f"task.acc_threshold={self.acc_threshold} must lie in (0, 1]")
         pairs = p * (p - 1) if op == "division" else p * p   # b != 0 for division
+        need, have = pairs * PAIR_BYTES, physical_memory()
+        if have and need > have / 2:
+            largest = next(q for q in range(int((have / 2 / PAIR_BYTES) ** 0.5), 1, -1)
+                           if is_prime(q))
+            raise UserError(f"task.modulus={p}: its {pairs:,} pairs need about {need / 2**30:,.0f} "
+                            f"GiB to build (inputs, targets, the shuffled splits), more than half of this machine's "
+                            f"{have / 2**30:,.0f} GiB; use a modulus of at most {largest}")
         if not 0 < round(frac * pairs) < pairs:
             raise UserError(f"task.train_fraction={frac} leaves an empty split of the {pairs} "
                             f"pairs mod {p}; use a fraction nearer 0.5 or a larger modulus")

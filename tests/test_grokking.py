@@ -258,3 +258,22 @@ def test_stop_when_solved_keeps_the_grokking_step_of_the_full_run():
     assert early["memorization_step"] == full["memorization_step"] == 50
     off = GrokkingTask(task_cfg(stop_when_solved=False), seed=0)
     assert not any(off.done(history[:i]) for i in range(1, len(history) + 1))
+
+
+def test_a_modulus_too_large_for_memory_is_one_line(monkeypatch):
+    """A modulus whose pairs would not fit in half the RAM is refused before anything is
+    allocated, naming the size and the largest prime that fits (here RAM is said to be 1 GiB)."""
+    import data.config as dc
+    is_prime = lambda q: q > 1 and all(q % d for d in range(2, int(q ** 0.5) + 1))  # noqa: E731
+    monkeypatch.setattr(dc, "physical_memory", lambda: 2**30)
+    with pytest.raises(UserError) as err:
+        task_cfg(modulus=65537)
+    msg = str(err.value)
+    largest = int(msg.rsplit(" ", 1)[1])
+    assert "task.modulus=65537" in msg and "of this machine's 1 GiB" in msg
+    assert is_prime(largest) and largest * (largest - 1) * dc.PAIR_BYTES <= 2**29
+    assert not any(is_prime(q) and q * (q - 1) * dc.PAIR_BYTES <= 2**29
+                   for q in range(largest + 1, largest + 200))   # the largest that fits
+    task_cfg(modulus=largest)                                    # and it is accepted
+    with pytest.raises(UserError, match="task.modulus=1999: its 3,996,001 pairs"):
+        task_cfg(operation="addition", modulus=1999)             # p * p pairs without division
