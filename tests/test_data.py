@@ -2,6 +2,7 @@
 every bad input is one UserError line with nothing half-written left behind."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -359,16 +360,24 @@ def test_unreadable_source_socket(tmp_path, monkeypatch):
     assert not (P.dataset_dir(data_cfg(tmp_path)) / "meta.json").exists()
 
 
-# Permission bits cannot stop root (CAP_DAC_OVERRIDE reads any file), so this one case runs only
-# for other users; the socket test above covers the same error path for root.
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_source_permissions(tmp_path, small_text):
+def test_unreadable_source_permissions(tmp_path, small_text, monkeypatch):
+    """A file without read permission. Permission bits cannot stop root (CAP_DAC_OVERRIDE reads
+    any file), and CI runs as root: there, opening it raises the EACCES the OS gives any other
+    user (Path.open patched for that one path), so the same error path runs everywhere."""
     locked = tmp_path / "locked.txt"
     locked.write_text("secret")
     locked.chmod(0)
+    if os.geteuid() == 0:
+        real_open = Path.open
+
+        def denied(self, *args, **kwargs):
+            if self == locked:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real_open(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "open", denied)
     with pytest.raises(UserError) as e:
         P.prepare(data_cfg(tmp_path, source=str(locked)))
-    assert_one_line(e, "cannot be read")
+    assert_one_line(e, "cannot be read (Permission denied)")
 
 
 def test_bin_size_disagreeing_with_meta(char_task):
