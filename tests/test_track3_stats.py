@@ -4,6 +4,8 @@ statistical significance", and the results table's ✓/Ⓧ marks), on fixed synt
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,13 @@ def test_pairwise_of_two_entries_uses_their_steps_and_means():
     pw = track3.pairwise(a, b)
     assert pw.lhs == pytest.approx((0.0005 + 200 * 0.000045) / math.sqrt(0.2))
     assert pw.a_beats_b and not track3.pairwise(b, a).a_beats_b
+
+
+def test_pilot_pooled_std_by_hand():
+    """scripts/track3_pilot.py's sigma: var([1, 3]) = 2 on 1 df, var([2, 2, 5]) = 3 on 2 df,
+    pooled (2 * 1 + 3 * 2) / 3 = 8/3; a one-value group adds nothing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from track3_pilot import pooled_std
+    sigma, df = pooled_std([[1.0, 3.0], [2.0, 2.0, 5.0], [7.0]])
+    assert df == 3 and sigma == pytest.approx(math.sqrt(8 / 3), rel=1e-12)
+    assert math.isnan(pooled_std([[1.0]])[0])
