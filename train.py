@@ -30,7 +30,7 @@ from configs import CONFIG_DIR, check, run_hydra, to_object
 from configs.errors import UserError, run_cli
 from trainer import checkpoint
 from trainer.distributed import DistEnv, exit_rank, on_rank0, setup, teardown
-from trainer.loop import (DivergenceWatch, Progress, StepTimer, evaluate, final_eval, finish,
+from trainer.loop import (Progress, StepLoss, StepTimer, evaluate, final_eval, finish,
                           forward_backward, optimizer_step, set_lr)
 from trainer.outputs import (EXIT_INTERRUPTED, FileLock, RunLogger, Status, prepare_out_dir,
                              read_metrics, truncate_metrics, write_atomic, write_hydra_record)
@@ -102,18 +102,6 @@ def describe(raw_model, t, env: DistEnv, accum: int, block_size: int, tokens_per
             f"{tokens_per_step} tokens/step")
 
 
-def logs(step: int, t) -> bool:
-    """Whether the loop logs the train loss after `step` steps."""
-    return step % t.log_interval == 0 or step == t.max_iters
-
-
-def must_look(next_step: int, t) -> bool:
-    """Whether the loop reads the loss (a host sync) before the optimizer step of `next_step`:
-    at log points, and before an evaluation, a checkpoint or the end (never of a diverged run)."""
-    return (logs(next_step, t) or t.eval_due(next_step)
-            or bool(t.ckpt_interval and next_step % t.ckpt_interval == 0))
-
-
 def run(cfg_node) -> dict:
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
@@ -161,23 +149,27 @@ def run(cfg_node) -> dict:
     resuming, out_dir, lock = start_or_resume(cfg, env)   # rank 0 holds out_dir's train.lock
     cfg.out_dir = str(out_dir)
     try:
+        history = []
         if resuming:
-            progress.step, progress.best_val = checkpoint.restore(
+            progress.step, progress.best_val, history = checkpoint.restore(
                 out_dir, model=model, optimizer=optimizer, scaler=scaler, device=device,
                 config=config, tail_ema=tail_ema)
             log(f"resumed from {out_dir / checkpoint.FILE} at step {progress.step}")
         record = provenance(env) if env.is_main else {}
         sent = set()   # (step, is a train record) of the records a resumed run sent before
 
-        def write_start() -> list:
+        def write_start() -> list | None:
+            """metrics.jsonl truncated to the checkpoint (each event logged once), config.yaml,
+            .hydra/; an old checkpoint's eval history (None for one that holds it)."""
             if resuming:
                 sent.update((r.get("step"), "lr" in r) for r in read_metrics(out_dir))
             kept = truncate_metrics(out_dir, progress.step) if resuming else []
             write_atomic(out_dir / "config.yaml",
                          OmegaConf.to_yaml({**config, "provenance": record}))
             write_hydra_record(out_dir, config)
-            return [r for r in kept if "val/loss" in r]
-        progress.history = on_rank0(env, write_start) or []
+            return checkpoint.legacy_history(kept) if history is None else None
+        legacy = on_rank0(env, write_start)
+        progress.history = history if history is not None else legacy
 
         raw_model = model
         flops_per_step = raw_model.flops_per_token(task.block_size) * progress.tokens_per_step
@@ -252,7 +244,7 @@ class Run:
 
     def train(self) -> dict:
         t, p, stop = self.cfg.train, self.progress, self.stop
-        watch = DivergenceWatch(t.diverge_loss, self.env.device, self.env)
+        losses = StepLoss(t, self.env.device, self.env)
         timer = StepTimer(self.env.device)
         self.model.train()
         solved = False
@@ -271,28 +263,26 @@ class Run:
             train_loss = forward_backward(self.model, self.task, self.scaler, step=p.step,
                                           accum=self.accum, batch_size=t.batch_size, env=self.env,
                                           autocast=self.autocast, reduction=t.loss_reduction)
-            watch.add(train_loss, p.step)
-            if must_look(p.step + 1, t):   # the one host sync of a log interval
-                diverged_at, loss_value = watch.read()
-                if logs(p.step + 1, t):     # the read has just synced: time the interval now
-                    lap = timer.window(synced=True)
-                if diverged_at is not None:
-                    p.diverged_at, p.step = diverged_at, diverged_at - 1
-                    self.bar.write(f"diverged at step {diverged_at}: train loss non-finite or "
-                                   f"above train.diverge_loss={t.diverge_loss}")
-                    break
+            outcome = losses.after_backward(train_loss, p.step)
+            if outcome.log:                # the read has just synced: time the interval now
+                lap = timer.window(synced=True)
+            if outcome.diverged_at is not None:
+                p.diverged_at, p.step = outcome.diverged_at, outcome.diverged_at - 1
+                self.bar.write(f"diverged at step {p.diverged_at}: train loss non-finite or "
+                               f"above train.diverge_loss={t.diverge_loss}")
+                break
             optimizer_step(self.raw_model, self.optimizer, self.scaler, t.grad_clip)
             p.step += 1
             if self.tail_ema is not None:
                 self.tail_ema.update(p.step)
             timer.step_done()
-            if logs(p.step, t):
-                self.log_train(loss_value, *lap)
+            if outcome.log:
+                self.log_train(outcome.loss, *lap)
             self.bar.update(1)
             stop.exchange(p.step)           # torchrun: the ranks' flags, read one step late
             if stop.now():
                 break
-            if t.ckpt_interval and p.step % t.ckpt_interval == 0 and p.step < t.max_iters:
+            if t.ckpt_due(p.step):
                 timer.pause()
                 self.save_checkpoint()
                 timer.resume()
@@ -356,7 +346,8 @@ class Run:
     def save_checkpoint(self) -> None:
         checkpoint.save(self.out_dir, model=self.raw_model, optimizer=self.optimizer,
                         scaler=self.scaler, step=self.progress.step,
-                        best_val_loss=self.progress.best_val, config=self.config,
+                        best_val_loss=self.progress.best_val,
+                        history=self.progress.history, config=self.config,
                         device=self.env.device, is_main=self.env.is_main,
                         consolidate=self.env.enabled,   # matrix chains shard state on any W > 1
                         tail_ema=self.tail_ema, writer=self.ckpt_writer)

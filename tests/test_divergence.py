@@ -1,8 +1,9 @@
 """Divergence: trainer/loop.py's DivergenceWatch (add(loss, step) each step, read() at the loop's
 look points -> (the 1-based FIRST diverged step or None, the last loss)) on hand-made loss
-sequences, and train.py end to end: a run whose train loss goes bad at a known step ends with
-summary.json's diverged_at_step = that step (1-based) and steps = diverged_at_step - 1 (the
-rollback: the bad step's update is never applied)."""
+sequences, StepLoss (the look points, and each step's StepOutcome), and train.py end to end: a
+run whose train loss goes bad at a known step ends with summary.json's diverged_at_step = that
+step (1-based) and steps = diverged_at_step - 1 (the rollback: the bad step's update is never
+applied)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ import torch
 
 import train
 from runs import tiny_args
-from trainer.loop import DivergenceWatch
+from trainer.config import TrainConfig
+from trainer.loop import DivergenceWatch, StepLoss, StepOutcome
 
 
 def feed(watch: DivergenceWatch, losses: list, start: int) -> None:
@@ -71,6 +73,35 @@ def test_steps_need_not_start_at_zero():
     watch = DivergenceWatch(limit=10.0, device="cpu")
     feed(watch, [3.0, 3.0, math.nan], start=300)
     assert watch.read()[0] == 303
+
+
+def test_step_loss_reads_before_logs_evaluations_and_checkpoints_only():
+    """StepLoss's outcome of each step of a 23-step run (log every 5, evaluate every 7,
+    checkpoint every 4): it reads the loss when the step done (1-based) is a log point (5, 10,
+    15, 20 and the end, 23), an evaluation (7, 14, 21) or a checkpoint (4, 8, 12, 16, 20; the end
+    writes its own), logs at the log points only, and leaves the loss on the device otherwise."""
+    t = TrainConfig(max_iters=23, log_interval=5, eval_interval=7, ckpt_interval=4)
+    losses = StepLoss(t, device="cpu")
+    outcomes = [losses.after_backward(torch.tensor(4.0 - s / 10, dtype=torch.float64), s)
+                for s in range(23)]
+    assert [s + 1 for s, o in enumerate(outcomes) if o.read] == [4, 5, 7, 8, 10, 12, 14, 15, 16,
+                                                                  20, 21, 23]
+    assert [s + 1 for s, o in enumerate(outcomes) if o.log] == [5, 10, 15, 20, 23]
+    assert outcomes[4] == StepOutcome(read=True, log=True, loss=3.6, diverged_at=None)
+    assert outcomes[5] == StepOutcome(read=False, log=False, loss=None, diverged_at=None)
+
+
+def test_step_loss_reports_the_first_bad_step_at_the_next_read():
+    """A bad loss at 0-based step 8 of a window read after step 10 (1-based): no outcome before
+    that read knows of it; the read's outcome says diverged_at 9."""
+    t = TrainConfig(max_iters=40, log_interval=5, eval_interval=20, ckpt_interval=0,
+                    diverge_loss=10.0)
+    losses = StepLoss(t, device="cpu")
+    bad = {8: math.nan, 9: 50.0}
+    outcomes = [losses.after_backward(torch.tensor(bad.get(s, 3.0), dtype=torch.float64), s)
+                for s in range(10)]
+    assert all(o.diverged_at is None for o in outcomes[:9])
+    assert outcomes[9].read and outcomes[9].diverged_at == 9 and outcomes[9].loss == 50.0
 
 
 # ---- train.py end to end -------------------------------------------------------------------------

@@ -93,7 +93,8 @@ def test_bad_distributed_settings_are_one_error_line():
 
 def test_the_checkpoint_write_is_off_the_steps_path(tmp_path, monkeypatch):
     """A slow disk: save() returns while the writer is still blocked, with the state as it was
-    at save() (training may change the weights meanwhile); wait() returns once it is on disk."""
+    at save() (training may change the weights and add eval records meanwhile); wait() returns
+    once it is on disk."""
     import threading
 
     from trainer import checkpoint
@@ -111,16 +112,19 @@ def test_the_checkpoint_write_is_off_the_steps_path(tmp_path, monkeypatch):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     writer = checkpoint.Writer()
+    history = [{"step": 0, "val/loss": 4.0}]
     checkpoint.save(tmp_path, model=model, optimizer=opt, scaler=scaler, step=3, best_val_loss=1.0,
-                    config={}, device="cpu", is_main=True, consolidate=False, writer=writer)
+                    history=history, config={}, device="cpu", is_main=True, consolidate=False,
+                    writer=writer)
     assert started.wait(timeout=60) and not (tmp_path / checkpoint.FILE).exists()   # still writing
     with torch.no_grad():                        # the next steps change the weights
         for p in model.parameters():
             p.add_(1.0)
+    history.append({"step": 5, "val/loss": 3.0})
     release.set()
     writer.wait()
     saved = checkpoint.load(tmp_path / checkpoint.FILE)
-    assert saved["step"] == 3
+    assert saved["step"] == 3 and saved["history"] == [{"step": 0, "val/loss": 4.0}]
     assert all(torch.equal(saved["model"][k], v) for k, v in before.items())
 
 

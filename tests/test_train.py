@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from runs import tiny_args
+from trainer.outputs import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,3 +121,57 @@ def test_wandb_offline(tmp_path, small_text, monkeypatch):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "no offline run to `wandb sync`"
     assert (out / "metrics.jsonl").stat().st_size > 0
+
+
+# ---- the eval history lives in ckpt.pt; metrics.jsonl is a log only -------------------------
+
+def eval_history(monkeypatch, args: list[str]) -> list[dict]:
+    """train.main(args)'s eval records as the run ends (those final_val_loss and the task's
+    summary read), without their wall times."""
+    seen, real = [], train.finish
+
+    def finish(progress, *a, **kw):
+        seen.append([{k: v for k, v in r.items() if k != "time_s"} for r in progress.history])
+        return real(progress, *a, **kw)
+    monkeypatch.setattr(train, "finish", finish)
+    assert train.main(args) == 0
+    return seen[-1]
+
+
+def history_args(tmp_path: Path, small_text: Path) -> list[str]:
+    return tiny_args(tmp_path, small_text, "train.eval_interval=5", "train.ckpt_interval=0",
+                     "train.schedule=constant", "train.final_eval_tokens=0")
+
+
+@pytest.fixture(scope="module")
+def straight_history(tmp_path_factory, small_text) -> list[dict]:
+    """The eval records of an uninterrupted 20-step run of history_args."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return eval_history(monkeypatch, history_args(tmp_path, small_text)
+                            + ["train.max_iters=20", f"out_dir={tmp_path / 'run'}"])
+
+
+@pytest.mark.parametrize("ckpt_format", ["with_history", "legacy"])
+def test_a_resume_takes_its_eval_history_from_the_checkpoint(tmp_path, small_text, monkeypatch,
+                                                            straight_history, ckpt_format):
+    """A run trained to 10 steps and resumed to 20 (constant lr, evaluations every 5 steps)
+    ends with the eval records of an uninterrupted 20-step run: steps 0 and 5 restored, the
+    evaluation of step 10 (in the checkpoint of the end) done again once, 15 and 20 new.
+    with_history: metrics.jsonl deleted before the resume (the history is the checkpoint's).
+    legacy: a checkpoint saved before it held the history (its "history" key removed) resumes
+    as such checkpoints always did, with the records of metrics.jsonl."""
+    assert [r["step"] for r in straight_history] == [0, 5, 10, 15, 20]
+    args, out = history_args(tmp_path, small_text), tmp_path / "resumed"
+    assert train.main(args + ["train.max_iters=10", f"out_dir={out}"]) == 0
+    if ckpt_format == "with_history":
+        (out / "metrics.jsonl").unlink()
+    else:
+        state = torch.load(out / "ckpt.pt", weights_only=True)
+        del state["history"]
+        torch.save(state, out / "ckpt.pt")
+    resumed = eval_history(monkeypatch, args + ["train.max_iters=20", f"out_dir={out}",
+                                                "resume=true"])
+    assert resumed == straight_history
+    logged = [r["step"] for r in read_metrics(out) if "val/loss" in r]
+    assert logged == ([10, 15, 20] if ckpt_format == "with_history" else [0, 5, 10, 15, 20])

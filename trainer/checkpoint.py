@@ -1,5 +1,6 @@
 """ckpt.pt: the whole training state (model, optimizer, grad scaler, RNG, step, best val loss,
-config), saved and restored here and nowhere else.
+eval history, config), saved and restored here and nowhere else. A checkpoint saved before it
+held the eval history resumes with the one of metrics.jsonl (legacy_history), as it did then.
 
 Written atomically (trainer/outputs.write_atomic), so a kill never leaves half a checkpoint, and
 a failed write (a full disk) leaves the previous one.
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import torch
 
 from configs.errors import UserError
-from trainer.outputs import write_atomic
+from trainer.outputs import redone_on_resume, write_atomic
 
 FILE = "ckpt.pt"
 # The config keys (a group, or one key) that shape what a checkpoint holds: resuming with another
@@ -28,21 +30,23 @@ FILE = "ckpt.pt"
 # logging, the world size) may change on resume.
 STATE_KEYS = ("model", "task", "data.name", "data.tokenizer", "optimizer.name", "train.block_size")
 PARTS = ("model", "optimizer", "scaler", "step", "best_val_loss", "rng_cpu")
+HISTORY = "history"   # the eval records; absent from the checkpoints saved before it was added
 
 
 def save(out_dir: Path, *, model, optimizer, scaler, step: int, best_val_loss: float,
-         config: dict, device: str, is_main: bool, consolidate: bool, tail_ema=None,
-         writer: "Writer | None" = None) -> None:
+         history: list, config: dict, device: str, is_main: bool, consolidate: bool,
+         tail_ema=None, writer: "Writer | None" = None) -> None:
     """A collective when `consolidate` (under torchrun: the matrix chains and train.zero shard
     optimizer state): call it on every rank; rank 0 writes, through `writer` in the background
-    when given. tail_ema (train.eval_ema, trainer/tail_ema.py): its EMA goes along as "eval_ema"."""
+    when given. history: the run's eval records (plain dicts of numbers). tail_ema
+    (train.eval_ema, trainer/tail_ema.py): its EMA goes along as "eval_ema"."""
     if consolidate and hasattr(optimizer, "consolidate_state_dict"):   # not a plain AdamW
         optimizer.consolidate_state_dict(to=0)
     if not is_main:
         return
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict(), "step": step, "best_val_loss": best_val_loss,
-             "rng_cpu": torch.get_rng_state(), "config": config}
+             HISTORY: history, "rng_cpu": torch.get_rng_state(), "config": config}
     if tail_ema is not None:
         state["eval_ema"] = tail_ema.state_dict()
     if device.startswith("cuda"):
@@ -142,9 +146,18 @@ def check_same_run(stored: dict, config: dict, out_dir: Path) -> None:
                             "it, or pass another out_dir=")
 
 
+class Restored(NamedTuple):
+    """What a checkpoint gives the loop besides the state loaded into its objects."""
+    step: int
+    best_val_loss: float
+    history: Optional[list]   # the eval records the resumed run keeps; None: a checkpoint saved
+                              # before it held them (legacy_history)
+
+
 def restore(out_dir: Path, *, model, optimizer, scaler, device: str,
-            config: dict, tail_ema=None) -> tuple[int, float]:
-    """Load ckpt.pt into the model, optimizer, scaler and RNG; returns (step, best val loss).
+            config: dict, tail_ema=None) -> Restored:
+    """Load ckpt.pt into the model, optimizer, scaler and RNG; returns its step, best val loss
+    and eval history, less the evaluation the resumed run does again (redone_on_resume).
     `config` is this run's: the checkpoint must be of the same run (check_same_run)."""
     path = Path(out_dir) / FILE
     state = load(path, map_location=device)
@@ -162,4 +175,13 @@ def restore(out_dir: Path, *, model, optimizer, scaler, device: str,
     torch.set_rng_state(state["rng_cpu"].cpu())
     if "rng_cuda" in state and device.startswith("cuda"):
         torch.cuda.set_rng_state(state["rng_cuda"].cpu())
-    return state["step"], state["best_val_loss"]
+    step, history = state["step"], state.get(HISTORY)
+    if history is not None:
+        history = [r for r in history if not redone_on_resume(r, step)]
+    return Restored(step, state["best_val_loss"], history)
+
+
+def legacy_history(kept_metrics: list[dict]) -> list[dict]:
+    """The eval history of a checkpoint saved before it held one (Restored.history None): the
+    eval records of metrics.jsonl that truncate_metrics kept on resume, as resumes did then."""
+    return [r for r in kept_metrics if "val/loss" in r]

@@ -116,6 +116,16 @@ class TrainConfig:
                 and step / self.max_iters >= 1 - self.eval_tail_frac)
         return step % (self.eval_tail_interval if tail else self.eval_interval) == 0
 
+    def log_due(self, step: int) -> bool:
+        """Whether the train loss is logged after step `step` (its update): every log_interval
+        steps, and at the end."""
+        return step % self.log_interval == 0 or step == self.max_iters
+
+    def ckpt_due(self, step: int) -> bool:
+        """Whether a periodic checkpoint is written after step `step`: every ckpt_interval steps
+        (0: none), before the end (the end writes its own)."""
+        return bool(self.ckpt_interval) and step % self.ckpt_interval == 0 and step < self.max_iters
+
     def eval_ema_first_step(self) -> int:
         """The step the tail EMA starts from (its first copy of the weights)."""
         if self.eval_ema_start is not None:

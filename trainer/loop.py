@@ -21,7 +21,8 @@ from trainer.schedule import lr_factor, powercool_lr
 @dataclass
 class Progress:
     """The loop's running state: the step, the best val loss and the eval records (all three
-    restored on resume), and the timing of the optimizer steps taken by this process."""
+    saved in ckpt.pt and restored from it on resume), and the timing of the optimizer steps
+    taken by this process."""
     tokens_per_step: int
     step: int = 0
     best_val: float = math.inf
@@ -119,10 +120,10 @@ def forward_backward(model, task, scaler, *, step: int, accum: int, batch_size: 
 
 class DivergenceWatch:
     """The first step whose train loss (the mean over ranks) was non-finite or above the limit.
-    The steps' losses wait on the device (add, no sync) until the loop looks (at log points,
-    before an evaluation, a checkpoint or the end): then one all-reduce averages all of them
-    over the ranks and one host sync reads the verdict and the last loss, so a diverged run
-    still ends with its exact diverged_at_step."""
+    The steps' losses wait on the device (add, no sync) until StepLoss reads them (at log
+    points, before an evaluation, a checkpoint or the end): then one all-reduce averages all
+    of them over the ranks and one host sync reads the verdict and the last loss, so a
+    diverged run still ends with its exact diverged_at_step."""
 
     def __init__(self, limit: float, device: str, env: DistEnv | None = None):
         self.limit, self.env = limit, env
@@ -147,6 +148,40 @@ class DivergenceWatch:
         self.losses, self.steps = [], []
         first, value = torch.stack([self.first.double(), losses[-1]]).tolist()
         return (None if first < 0 else int(first) + 1), value
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step does with its train loss, decided once (StepLoss.after_backward) and acted
+    on by the loop: `read` (the host sync) or leave it on the device; `log` it after the update
+    (a logged loss is always read); or, when `diverged_at` is set, end the run there: the first
+    bad step, 1-based, whose update is never applied (the run rolls back to the step before)."""
+    read: bool = False
+    log: bool = False
+    loss: Optional[float] = None          # the step's train loss (mean over ranks), when read
+    diverged_at: Optional[int] = None     # when read and a step since the start went bad
+
+
+class StepLoss:
+    """The one rule for a step's train loss: it waits on the device (DivergenceWatch) until a
+    step after which the loop logs, evaluates or checkpoints (train.log_due, eval_due,
+    ckpt_due; the end is a log point); before that step's update one read (the one host sync
+    of a log interval) gives its loss and the divergence verdict."""
+
+    def __init__(self, t, device: str, env: DistEnv | None = None):
+        self.t, self.watch = t, DivergenceWatch(t.diverge_loss, device, env)
+
+    def after_backward(self, loss: torch.Tensor, step: int) -> StepOutcome:
+        """The outcome of the 0-based step `step`, whose forward/backward gave `loss`, before
+        its update; a collective under torchrun when it reads (every rank reads at the same
+        steps)."""
+        self.watch.add(loss, step)
+        done, t = step + 1, self.t
+        log = t.log_due(done)
+        if not (log or t.eval_due(done) or t.ckpt_due(done)):
+            return StepOutcome()
+        diverged_at, value = self.watch.read()
+        return StepOutcome(read=True, log=log, loss=value, diverged_at=diverged_at)
 
 
 class StepTimer:

@@ -5,6 +5,7 @@ of the sweeper's sweep.lock.
     config.yaml     the resolved config, and `provenance`  (write_atomic; trainer/provenance.py)
     .hydra/         Hydra's record of the job              (write_hydra_record)
     metrics.jsonl   one JSON object per log or eval event  (RunLogger, read_metrics, truncate_metrics)
+                    a log only: what a resumed run needs (its eval history) is in ckpt.pt
     summary.json    how the run ended: RunSummary          (RunSummary.write / RunSummary.read)
     train.lock      flock held by the run's process (rank 0) while it lives (prepare_out_dir)
     wandb/          W&B's files, wandb_run_id its run id   (RunLogger)
@@ -269,15 +270,21 @@ def damaged_metrics(path: Path, why: str) -> UserError:
                      "the run's earlier records")
 
 
+def redone_on_resume(record: dict, ckpt_step: int) -> bool:
+    """Whether a run resumed from a checkpoint taken after step `ckpt_step` does the event of
+    `record` again: a later step's, or the evaluation of `ckpt_step` itself (it runs after the
+    checkpoint is saved)."""
+    step = record.get("step", 0)
+    return step > ckpt_step or (step == ckpt_step and "val/loss" in record)
+
+
 def truncate_metrics(run_dir: Path, max_step: int) -> list[dict]:
     """On resume from a checkpoint taken after step `max_step`, drop the records that will be
-    redone: later steps, and the evaluation at `max_step` itself (it runs after the checkpoint
-    is saved), so metrics.jsonl holds each event once. Returns the kept records."""
+    redone (redone_on_resume), so metrics.jsonl holds each event once. Returns the kept records."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    kept = [r for r in read_metrics(run_dir)
-            if r.get("step", 0) < max_step or (r.get("step", 0) == max_step and "val/loss" not in r)]
+    kept = [r for r in read_metrics(run_dir) if not redone_on_resume(r, max_step)]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
