@@ -58,7 +58,8 @@ from configs.errors import UserError, run_cli
 from sweeper.config import SweepConfig, load_sweep
 from sweeper.points import plan, split_args
 from sweeper.report import grid_axis, write_outputs, write_results
-from sweeper.runner import check_identity, collect, read_sweep, record_sweep, resources
+from sweeper.rows import collect
+from sweeper.runner import check_identity, read_sweep, record_sweep, resources
 from sweeper.stages import run_stages
 from sweeper.wandb_export import write_wandb_sweeps
 from trainer.outputs import EXIT_INTERRUPTED

@@ -57,10 +57,10 @@ class Metric:
 
     def column(self, rows: list) -> str:
         """The first of `sources` that every completed run has (older runs may lack a newer
-        field), else `name`."""
-        done = [r for r in rows if r.get("status") == Status.COMPLETED]
+        field), else `name`. `rows`: sweeper/rows.py's SweepRows."""
+        done = [r for r in rows if r.status == Status.COMPLETED]
         for key in self.sources:
-            if done and all(isinstance(r.get(key), (int, float)) for r in done):
+            if done and all(isinstance(r.value(key), (int, float)) for r in done):
                 return key
         return self.name
 

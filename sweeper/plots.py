@@ -10,7 +10,8 @@ axes, y-limits set by the runs that did not diverge, 150 dpi.
     verdicts.png        the forest plot of report.md's verdicts: each adjacent pair's paired
                         difference with its 95% CI and the zero line
     grid_curves.png, grid_lr.png, tuning_curves.png: a numeric grid axis and sweep.tune
-Every draw_* returns the matplotlib figure (tests inspect it); plot_* draws, saves and closes.
+Every draw_* returns the matplotlib figure (tests inspect it); write_figures saves and closes
+each (save).
 """
 from __future__ import annotations
 
@@ -200,20 +201,20 @@ def draw_lr_curves(s, cfg):
     return fig
 
 
-def plot_lr_curves(s, cfg, path: Path) -> None:
-    save(draw_lr_curves(s, cfg), path)
-
-
 # ---------------------------------------------------------------------------------------------
 # lr_grid_curves.png
 
+def series(runs: list, key: str, x_key: str) -> tuple:
+    """(the x values every run has, sorted; each run's {x: `key`}) from the runs' (SweepRows')
+    metrics.jsonl."""
+    curves = [{x[x_key]: x[key] for x in read_metrics(r.dir) if x.get(key) is not None}
+              for r in runs]
+    return sorted(set.intersection(*(set(c) for c in curves))) if curves else [], curves
+
+
 def mean_curve(runs: list, key: str, x_key: str) -> tuple:
     """(x, mean y) over the runs at the x values all of them have."""
-    curves = []
-    for r in runs:
-        recs = [x for x in read_metrics(r["_dir"]) if x.get(key) is not None]
-        curves.append({x[x_key]: x[key] for x in recs})
-    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    common, curves = series(runs, key, x_key)
     return common, [sum(c[x] for c in curves) / len(curves) for x in common]
 
 
@@ -234,7 +235,7 @@ def draw_lr_grid_curves(s, cfg):
         chosen = s.curves[curve].chosen_lr if curve in s.curves else None
         finals = []
         for st, shade in zip(per_lr, shades):
-            done = [r for r in st.runs if r["status"] in Status.RESULTS]
+            done = [r for r in st.runs if r.status in Status.RESULTS]
             x, y = mean_curve(done, m.series[0].key, m.x_key) if done else ([], [])
             if x:
                 ax.plot(x, y, color=shade, lw=2.0 if st.lr == chosen else 1.0,
@@ -269,20 +270,12 @@ def draw_lr_grid_curves(s, cfg):
     return fig
 
 
-def plot_lr_grid_curves(s, cfg, path: Path) -> None:
-    save(draw_lr_grid_curves(s, cfg), path)
-
-
 # ---------------------------------------------------------------------------------------------
 # best_curves.png
 
 def band(runs: list, key: str, x_key: str) -> tuple:
     """(x, mean, low, high): the 95% t band over the runs at the x values they all have."""
-    curves = []
-    for r in runs:
-        recs = [x for x in read_metrics(r["_dir"]) if x.get(key) is not None]
-        curves.append({x[x_key]: x[key] for x in recs})
-    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    common, curves = series(runs, key, x_key)
     rows = [mean_interval([c[x] for c in curves]) for x in common]
     mean = [r[0] for r in rows]
     low = [r[1] if not math.isnan(r[1]) else r[0] for r in rows]
@@ -298,7 +291,7 @@ def draw_best_curves(s, cfg):
     tails = []
     for curve in s.ranked:
         runs = [r for r in s.scored.get(curve, s.curves[curve].best.runs)
-                if r["status"] == Status.COMPLETED]
+                if r.status == Status.COMPLETED]
         if not runs:
             continue
         lr = s.curves[curve].chosen_lr
@@ -337,10 +330,6 @@ def draw_best_curves(s, cfg):
     return fig
 
 
-def plot_best_curves(s, cfg, path: Path) -> None:
-    save(draw_best_curves(s, cfg), path)
-
-
 # ---------------------------------------------------------------------------------------------
 # verdicts.png
 
@@ -368,10 +357,6 @@ def draw_verdicts(s, cfg):
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
-
-
-def plot_verdicts(s, cfg, path: Path) -> None:
-    save(draw_verdicts(s, cfg), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,12 +474,12 @@ def draw_tuning(s, cfg) -> Optional[object]:
 
 def write_figures(d: Path, s, cfg, key: Optional[str]) -> None:
     """Every figure of a sweep's outputs (report.py's write_outputs)."""
-    plot_lr_curves(s, cfg, d / "lr_curves.png")
-    plot_best_curves(s, cfg, d / "best_curves.png")
+    save(draw_lr_curves(s, cfg), d / "lr_curves.png")
+    save(draw_best_curves(s, cfg), d / "best_curves.png")
     if s.stats:
-        plot_lr_grid_curves(s, cfg, d / "lr_grid_curves.png")
+        save(draw_lr_grid_curves(s, cfg), d / "lr_grid_curves.png")
     if len(s.ranked) > 1:
-        plot_verdicts(s, cfg, d / "verdicts.png")
+        save(draw_verdicts(s, cfg), d / "verdicts.png")
     if key is not None:
         save(draw_grid_axis(s, cfg, key), d / "grid_curves.png")
         save(draw_grid_lr(s, cfg, key), d / "grid_lr.png")

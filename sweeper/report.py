@@ -13,25 +13,24 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from sweeper.config import fmt
-from sweeper.points import curve_label
-from sweeper.runner import collect
 from sweeper.paired import mean_interval
+from sweeper.rows import SweepRow, collect
 from sweeper.stats import CurveStats, Summary, chain, neighbour_costs, summarize
 from trainer.outputs import SUMMARY_FIELDS, Status, write_atomic
 
 
-def write_results(d: Path, rows: list[dict]) -> None:
+def write_results(d: Path, rows: list[SweepRow]) -> None:
     first = ["run_id", "optimizer", "lr", "seed", "stage"]
-    axes = sorted({k for r in rows for k in r["_axes"]})
-    known = set(first + axes + list(SUMMARY_FIELDS)) | {"curve", "error", "_dir", "_axes", "_tuned",
-                                                         "budget"}
-    extra = sorted({k for r in rows for k in r} - known)   # the task's, e.g. grokking_step
+    axes = sorted({k for r in rows for k in r.axes})
+    flat = [r.csv_fields() for r in sorted(rows, key=lambda r: (r.curve, r.lr, r.seed))]
+    known = set(first + axes + list(SUMMARY_FIELDS)) | {"curve", "error", "budget"}
+    extra = sorted({k for f in flat for k in f} - known)   # the task's, e.g. grokking_step
     columns = first + axes + list(SUMMARY_FIELDS) + extra + ["error"]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for r in sorted(rows, key=lambda r: (r["curve"], r["lr"], r["seed"])):
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    for f in flat:
+        writer.writerow({k: ("" if f.get(k) is None else f.get(k)) for k in columns})
     write_atomic(d / "results.csv", out.getvalue())
 
 
@@ -128,7 +127,7 @@ def tuned_cell(c: CurveStats) -> str:
     return ", ".join(parts) + rounds + ("" if t.complete else " (tuning unfinished)")
 
 
-def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
+def tuning_lines(s: Summary, rows: list[SweepRow]) -> list[str]:
     """Each axis sweep of the descent at the point it started from, and every curve's runs by
     stage: what its tuning cost."""
     m = s.metric
@@ -152,11 +151,11 @@ def tuning_lines(s: Summary, rows: list[dict]) -> list[str]:
                 cells[-1] += f"{' (default)' if v == a.default and a.key != 'optimizer.lr' else ''}: " \
                              f"{text.strip()}{mark}"
             lines.append(f"- {curve}, round {a.round}, {a.key}: " + "; ".join(cells))
-    stages = sorted({r.get("stage", "1") for r in rows})
+    stages = sorted({r.stage for r in rows})
     lines += ["", "Runs per curve and stage (every tuning run counted):", "",
               "| curve | " + " | ".join(stages) + " | all |", "|" + "---|" * (len(stages) + 2)]
-    for curve in sorted({r["curve"] for r in rows}):
-        n = [sum(r["curve"] == curve and r.get("stage", "1") == st for r in rows) for st in stages]
+    for curve in sorted({r.curve for r in rows}):
+        n = [sum(r.curve == curve and r.stage == st for r in rows) for st in stages]
         lines.append(f"| {curve} | " + " | ".join(map(str, n)) + f" | {sum(n)} |")
     return lines
 
@@ -246,15 +245,15 @@ def every_lr_table(s: Summary) -> list[str]:
     return lines
 
 
-def stage_counts(rows: list[dict]) -> dict:
+def stage_counts(rows: list[SweepRow]) -> dict:
     out = {}
     for r in rows:
-        out[r.get("stage", "1")] = out.get(r.get("stage", "1"), 0) + 1
+        out[r.stage] = out.get(r.stage, 0) + 1
     return dict(sorted(out.items()))
 
 
-def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
-    count = {k: sum(r["status"] == k for r in rows) for k in Status.ALL}
+def report_markdown(rows: list[SweepRow], cfg, setup: list[str], s: Summary) -> str:
+    count = {k: sum(r.status == k for r in rows) for k in Status.ALL}
     lines = [f"# Sweep `{cfg.name}`", "",
              f"Setup of every run (train.py overrides): `{' '.join(setup) or '(defaults)'}`", "",
              f"Runs: {len(rows)} ({', '.join(f'{v} {k}' for k, v in count.items() if v)}); "
@@ -278,9 +277,9 @@ def report_markdown(rows: list[dict], cfg, setup: list[str], s: Summary) -> str:
     lines += speedup_lines(s)
     if s.stats:
         lines += every_lr_table(s)
-    failed = [r for r in rows if r["status"] == Status.FAILED]
+    failed = [r for r in rows if r.status == Status.FAILED]
     if failed:
-        lines += ["", "## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error']}" for r in failed]
+        lines += ["", "## Failed runs", ""] + [f"- `{r.run_id}`: {r.error}" for r in failed]
     return "\n".join(lines) + "\n"
 
 

@@ -37,13 +37,10 @@ def summarize_track3(s: Summary, cfg) -> Track3Summary:
         [r for runs in s.scored.values() for r in runs])
     entries, finals = {}, {}
     for curve in s.ranked:
-        runs = [r for r in s.scored.get(curve, []) if r["status"] in Status.RESULTS]
-        entries[curve] = track3.score(curve, {r["seed"]: val_curve(r["_dir"]) for r in runs},
+        runs = [r for r in s.scored.get(curve, []) if r.status in Status.RESULTS]
+        entries[curve] = track3.score(curve, {r.seed: val_curve(r.dir) for r in runs},
                                       cfg.target, m)
-        finals[curve] = {r["seed"]: r[final_column] for r in runs
-                         if r["status"] == Status.COMPLETED
-                         and isinstance(r.get(final_column), (int, float))
-                         and math.isfinite(r[final_column])}
+        finals[curve] = {r.seed: v for r in runs if (v := r.score(final_column)) is not None}
     ranked = [e.name for e in track3.rank(list(entries.values()))]
     pairs = [(track3.pairwise(entries[a], entries[b], cfg.target_loss_per_step, m),
               paired(a, finals[a], b, finals[b]))

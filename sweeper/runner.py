@@ -1,7 +1,9 @@
-"""Running a sweep and reading back its runs: the sweep directory (sweep.json, its identity),
-the lock of each run (RunLock), launching and stopping train.py processes, the scheduler
-(run_points: sweep.jobs at a time, each on its GPUs or its share of the CPU cores, resumable,
-stopped cleanly by Ctrl-C or SIGTERM), and collect: one row per run for results.csv and the report.
+"""Running a sweep: the sweep directory (sweep.json, its identity), the lock of each run
+(RunLock), what each attempt of a run writes (point.json, train.log, exit.json), launching and
+stopping train.py processes, and the scheduler: one loop (run_points) that runs a stage's points
+through a backend and waits for them, resumable, stopped cleanly by Ctrl-C or SIGTERM; its local
+backend (LocalBackend: sweep.jobs at a time, each on its GPUs or its share of the CPU cores) is
+here, its submitit backend in sweeper/slurm.py. sweeper/rows.py reads the runs back.
 
     <sweep.dir>/sweep.json               name, setup, sweep config, command (identity)
     <sweep.dir>/runs/<run id>/           the run's out_dir (trainer/outputs.py), and:
@@ -24,11 +26,11 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, Protocol
 
 from configs.errors import UserError
-from sweeper.points import Plan, Point, curve_label, run_args
-from trainer.outputs import SUMMARY_FIELDS, FileLock, Status, read_json, write_json
+from sweeper.points import Plan, Point, run_args
+from trainer.outputs import FileLock, Status, read_json, write_json
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 STOP_GRACE_S = 60.0   # how long a stopped run has for its step and checkpoint before SIGKILL
@@ -244,110 +246,145 @@ def stop_runs(running: dict[str, Launched], runs_dir: Path, grace_s: float = STO
         end_run(run, runs_dir / rid, stopped=True)
 
 
-def run_points(plan: Plan, points: list[Point], gpus: list[str], threads: int,
+# ---------------------------------------------------------------------------------------------
+# The scheduler: one loop, a backend for where the runs go
+
+class Backend(Protocol):
+    """Where run_points sends a stage's runs (LocalBackend; sweeper/slurm.py's SubmititBackend),
+    asked every poll_s seconds what has ended and what to start."""
+    poll_s: float
+    counted: tuple              # the statuses summary() counts
+
+    def earlier(self, todo: list[Point]) -> dict:
+        """{run id: handle} of todo's points an earlier invocation still runs: waited for."""
+
+    def waiting_line(self, live: dict) -> str:
+        """The bar's line on those."""
+
+    def launch(self, todo: list[Point], live: dict, bar) -> None:
+        """Start what fits now: a started point leaves todo, its handle joins live."""
+
+    def ended(self, rid: str, handle) -> Optional[str]:
+        """The run's status once it has ended, else None."""
+
+    def ended_line(self, rid: str, handle, status: str) -> str:
+        """The bar's line on a run that ended other than completed."""
+
+    def postfix(self, todo: list[Point], live: dict) -> str:
+        """The bar's postfix: what runs, what is left."""
+
+    def interrupted(self, live: dict, bar) -> None:
+        """Ctrl-C: say what becomes of the live runs, and stop those that stop."""
+
+    def summary(self, counts: dict) -> str:
+        """The last line: what this invocation ran."""
+
+
+def run_points(plan: Plan, points: list[Point], backend: Backend,
                on_end: Callable[[], None]) -> bool:
-    """Runs every unfinished point, sweep.jobs at a time; `on_end()` after each run ends.
-    Returns False when interrupted."""
+    """Runs every unfinished point through `backend` and waits for each, `on_end()` after each
+    ends; a point an earlier invocation still runs is waited for, never started twice. Returns
+    False when interrupted."""
     from tqdm.auto import tqdm
 
     cfg = plan.cfg
-    runs_dir = cfg.path / "runs"
-    todo = [p for p in points if not finished(runs_dir / p.run_id)]
-    running: dict[str, Launched] = {}
-    bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=cfg.name, unit="run",
-               dynamic_ncols=True, smoothing=0.1)
-    counts = {status: 0 for status in (*Status.RESULTS, Status.FAILED, Status.INTERRUPTED)}
+    todo = [p for p in points if not finished(cfg.path / "runs" / p.run_id)]
+    live = backend.earlier(todo)
+    todo = [p for p in todo if p.run_id not in live]
+    bar = tqdm(total=len(points), initial=len(points) - len(todo) - len(live), desc=cfg.name,
+               unit="run", dynamic_ncols=True, smoothing=0.1)
+    if live:
+        bar.write(backend.waiting_line(live))
+    counts = {status: 0 for status in backend.counted}
     try:
-        while todo or running:
-            for rid, run in list(running.items()):
-                if run.proc.poll() is not None:
-                    status = end_run(run, runs_dir / rid)
-                    counts[status] += 1
-                    del running[rid]
-                    bar.update(1)
-                    if status != Status.COMPLETED:
-                        bar.write(f"{rid}: {status}")
-                    on_end()
-            # Runs of an earlier launcher that still live take their slot and their GPUs.
-            elsewhere = {p.run_id: h for p in todo
-                         if (h := RunLock(runs_dir / p.run_id).held_elsewhere()) is not None}
-            busy = {g for h in elsewhere.values() for g in h.get("gpus") or []}
-            free = [g for g in gpus if g not in busy and
-                    not any(g in r.gpus for r in running.values())]
-            slots = cfg.jobs - len(running) - len(elsewhere)
-            for p in [p for p in todo if p.run_id not in elsewhere]:
-                if slots <= 0 or (gpus and len(free) < cfg.nproc_per_run):
-                    break
-                run_dir = runs_dir / p.run_id
-                run_dir.mkdir(parents=True, exist_ok=True)
-                lock = RunLock(run_dir)
-                if not lock.acquire():
+        while todo or live:
+            for rid, handle in list(live.items()):
+                status = backend.ended(rid, handle)
+                if status is None:
                     continue
-                todo.remove(p)
-                if finished(run_dir):  # an earlier launcher's run ended since we looked
-                    lock.release()
-                    bar.update(1)
-                    continue
-                take = free[:cfg.nproc_per_run] if gpus else []
-                free = free[len(take):]
-                running[p.run_id] = start_run(p, run_dir, lock,
-                                              run_args(p, run_dir, plan.launch, threads, plan.wandb),
-                                              take, threads, cfg.nproc_per_run)
-                slots -= 1
-            bar.set_postfix_str(f"running {len(running)}"
-                                + (f" (+{len(elsewhere)} of an earlier launcher)" if elsewhere else "")
-                                + f", left {len(todo) - len(elsewhere)}", refresh=False)
+                counts[status if status in counts else Status.UNFINISHED] += 1
+                del live[rid]
+                bar.update(1)
+                if status != Status.COMPLETED:
+                    bar.write(backend.ended_line(rid, handle, status))
+                on_end()
+            backend.launch(todo, live, bar)
+            bar.set_postfix_str(backend.postfix(todo, live), refresh=False)
             bar.refresh()
-            time.sleep(0.5)
+            time.sleep(backend.poll_s)
     except KeyboardInterrupt:
-        bar.write(f"interrupted: stopping {len(running)} run(s); "
-                  "re-run the same command to resume them")
-        stop_runs(running, runs_dir)
+        backend.interrupted(live, bar)
         bar.close()
         return False
     bar.close()
-    print(f"{cfg.name}: this invocation ran {sum(counts.values())} run(s): "
-          + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(backend.summary(counts))
     return True
 
 
-# ---------------------------------------------------------------------------------------------
-# Results
+class LocalBackend:
+    """train.py processes on this machine, sweep.jobs at once, each on its GPUs or its share of
+    the CPU cores. A point whose lock a run of an earlier launcher still holds keeps its slot
+    and its GPUs until that run ends; Ctrl-C stops every run cleanly (stop_runs)."""
+    poll_s = 0.5
+    counted = (*Status.RESULTS, Status.FAILED, Status.INTERRUPTED)
 
-def run_status(run_dir: Path, summary: dict) -> tuple[str, str | None]:
-    """(status, error) of a run from its summary.json, exit.json, train.log and lock."""
-    status = summary.get("status")
-    if status in Status.RESULTS:
-        return status, None
-    ended = read_json(run_dir / "exit.json") or {}
-    if status == Status.FAILED or ended.get("status") == Status.FAILED:
-        return Status.FAILED, (ended.get("error") or summary.get("error")
-                               or log_error(run_dir / "train.log"))
-    if RunLock(run_dir).held_elsewhere() is not None:
-        return Status.RUNNING, None
-    return (Status.INTERRUPTED if status == Status.INTERRUPTED else Status.UNFINISHED), None
+    def __init__(self, plan: Plan, gpus: list[str], threads: int):
+        self.plan, self.gpus, self.threads = plan, gpus, threads
+        self.runs_dir = plan.cfg.path / "runs"
+        self.elsewhere: dict = {}   # run id -> lock note, of todo's runs an earlier launcher runs
 
+    def earlier(self, todo: list[Point]) -> dict:
+        return {}   # found by their locks as the loop goes (launch)
 
-def collect(d: Path) -> list[dict]:
-    """One row per run directory holding a point.json (every run this sweep.dir has seen):
-    the point, summary.json's fields (and the task's, e.g. grokking_step), status and error;
-    `_dir` and `_axes` (the grid keys) are for the report, not results.csv."""
-    rows = []
-    for point_file in sorted((d / "runs").glob("*/point.json")):
-        run_dir = point_file.parent
-        point = read_json(point_file)
-        if point is None:
-            continue
-        summary = read_json(run_dir / "summary.json") or {}
-        status, error = run_status(run_dir, summary)
-        row = {"run_id": point["run_id"], "curve": curve_label(point["optimizer"], point["grid"]),
-               "optimizer": point["optimizer"], "lr": point["lr"], "seed": point["seed"],
-               "stage": point.get("stage", "1"), "budget": point.get("budget"), **point["grid"],
-               **point.get("tuned", {})}
-        row.update({k: summary.get(k) for k in SUMMARY_FIELDS[1:]}, status=status)
-        row.update({k: v for k, v in summary.items() if k not in row and k != "error"
-                    and not isinstance(v, (dict, list))})
-        row.update(error=error, _dir=run_dir, _axes=list(point["grid"]) + list(point.get("tuned", {})),
-                   _tuned=point.get("tuned", {}))
-        rows.append(row)
-    return rows
+    def waiting_line(self, live: dict) -> str:
+        return ""
+
+    def launch(self, todo: list[Point], live: dict[str, Launched], bar) -> None:
+        cfg, gpus, runs_dir = self.plan.cfg, self.gpus, self.runs_dir
+        # Runs of an earlier launcher that still live take their slot and their GPUs.
+        self.elsewhere = elsewhere = {
+            p.run_id: h for p in todo
+            if (h := RunLock(runs_dir / p.run_id).held_elsewhere()) is not None}
+        busy = {g for h in elsewhere.values() for g in h.get("gpus") or []}
+        free = [g for g in gpus if g not in busy and not any(g in r.gpus for r in live.values())]
+        slots = cfg.jobs - len(live) - len(elsewhere)
+        for p in [p for p in todo if p.run_id not in elsewhere]:
+            if slots <= 0 or (gpus and len(free) < cfg.nproc_per_run):
+                break
+            run_dir = runs_dir / p.run_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir)
+            if not lock.acquire():
+                continue
+            todo.remove(p)
+            if finished(run_dir):  # an earlier launcher's run ended since we looked
+                lock.release()
+                bar.update(1)
+                continue
+            take = free[:cfg.nproc_per_run] if gpus else []
+            free = free[len(take):]
+            live[p.run_id] = start_run(p, run_dir, lock,
+                                       run_args(p, run_dir, self.plan.launch, self.threads,
+                                                self.plan.wandb),
+                                       take, self.threads, cfg.nproc_per_run)
+            slots -= 1
+
+    def ended(self, rid: str, run: Launched) -> Optional[str]:
+        return None if run.proc.poll() is None else end_run(run, self.runs_dir / rid)
+
+    def ended_line(self, rid: str, run: Launched, status: str) -> str:
+        return f"{rid}: {status}"
+
+    def postfix(self, todo: list[Point], live: dict) -> str:
+        return (f"running {len(live)}"
+                + (f" (+{len(self.elsewhere)} of an earlier launcher)" if self.elsewhere else "")
+                + f", left {len(todo) - len(self.elsewhere)}")
+
+    def interrupted(self, live: dict[str, Launched], bar) -> None:
+        bar.write(f"interrupted: stopping {len(live)} run(s); "
+                  "re-run the same command to resume them")
+        stop_runs(live, self.runs_dir)
+
+    def summary(self, counts: dict) -> str:
+        return (f"{self.plan.cfg.name}: this invocation ran {sum(counts.values())} run(s): "
+                + ", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -3,8 +3,8 @@ stage submitted as one job array) or local_submitit (submitit's local executor: 
 this machine, sweep.jobs at once). The job a point runs (TrainJob: train.py, through torchrun for
 sweep.nproc_per_run > 1), its requeue from its checkpoint on preemption or time-out (submitit's
 checkpoint hook), the job id kept in the run directory (job.json) so that a re-run waits for a
-job still queued or running instead of submitting it again, and the loop that submits, waits
-and shows progress (run_points, as sweeper/runner.py's for local processes).
+job still queued or running instead of submitting it again, and the scheduler's backend that
+submits the points and watches their jobs (SubmititBackend, for sweeper/runner.py's run_points).
 
     <sweep.dir>/submitit/                submitit's files of each job (pickles, logs, sbatch script)
     <sweep.dir>/runs/<run id>/job.json   {job_id, cluster, folder, submitted}
@@ -21,11 +21,12 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from sweeper.points import Plan, Point, run_args
-from sweeper.runner import (STOP_GRACE_S, finished, open_log, prepare_run, record_exit,
-                            run_status, train_command, train_env)
+from sweeper.rows import run_status
+from sweeper.runner import (STOP_GRACE_S, open_log, prepare_run, record_exit, train_command,
+                            train_env)
 from trainer.outputs import Status, read_json, write_json
 
 JOB_FILE = "job.json"
@@ -182,59 +183,59 @@ def state_of(job) -> str:
     return "UNKNOWN"
 
 
-def run_points(plan: Plan, points: list[Point], gpus: list[str], threads: int,
-               on_end: Callable[[], None]) -> bool:
-    """Runs every unfinished point as a submitit job and waits for them, `on_end()` after each
-    ends; points whose earlier job is still queued or running are waited for, not submitted.
-    Returns False when interrupted (the jobs go on; the same command waits for them again)."""
-    from tqdm.auto import tqdm
+class SubmititBackend:
+    """sweeper/runner.py's run_points through submitit: the points to start are submitted as
+    jobs (one array on SLURM, which runs sweep.slurm.array_parallelism of it at once; locally,
+    sweep.jobs at once); a point whose job of an earlier invocation is still queued or running is
+    waited for, never submitted again. Ctrl-C leaves the jobs be: the same command waits for
+    them again."""
+    poll_s = 1.0
+    counted = (*Status.RESULTS, Status.FAILED, Status.INTERRUPTED, Status.UNFINISHED)
 
-    cfg = plan.cfg
-    runs_dir = cfg.path / "runs"
-    executor = make_executor(plan, cfg.path / "submitit")
-    threads = threads_per_process(plan, threads)
-    todo = [p for p in points if not finished(runs_dir / p.run_id)]
-    live = earlier_jobs(runs_dir, [p.run_id for p in todo])
-    todo = [p for p in todo if p.run_id not in live]
-    bar = tqdm(total=len(points), initial=len(points) - len(todo) - len(live), desc=cfg.name,
-               unit="run", dynamic_ncols=True, smoothing=0.1)
-    if live:
-        bar.write(f"{cfg.name}: waiting for {len(live)} job(s) of an earlier invocation: "
-                  f"{', '.join(str(j.job_id) for j in live.values())}")
-    counts = {status: 0 for status in (*Status.RESULTS, Status.FAILED, Status.INTERRUPTED,
-                                       Status.UNFINISHED)}
-    # SLURM runs sweep.slurm.array_parallelism of the array at once; locally, sweep.jobs.
-    at_once = len(points) if cfg.launcher == "slurm" else cfg.jobs
-    try:
-        while todo or live:
-            for rid, job in list(live.items()):
-                if job.done():
-                    status, _ = run_status(runs_dir / rid, read_json(runs_dir / rid / "summary.json") or {})
-                    counts[status if status in counts else Status.UNFINISHED] += 1
-                    del live[rid]
-                    bar.update(1)
-                    if status != Status.COMPLETED:
-                        bar.write(f"{rid}: {status} (job {job.job_id})")
-                    on_end()
-            batch, todo = todo[:max(0, at_once - len(live))], todo[max(0, at_once - len(live)):]
-            if batch:
-                live.update(submit(executor, plan, batch, threads))
-                bar.write(f"{cfg.name}: submitted {len(batch)} job(s) "
-                          f"({', '.join(str(live[p.run_id].job_id) for p in batch[:3])}"
-                          f"{', ...' if len(batch) > 3 else ''})")
-            states = [state_of(job) for job in live.values()]
-            queued = sum(s in QUEUED for s in states)
-            bar.set_postfix_str(f"queued {queued}, running {len(states) - queued}, left {len(todo)}",
-                                refresh=False)
-            bar.refresh()
-            time.sleep(1.0)
-    except KeyboardInterrupt:
+    def __init__(self, plan: Plan, threads: int):
+        self.plan = plan
+        self.runs_dir = plan.cfg.path / "runs"
+        self.executor = make_executor(plan, plan.cfg.path / "submitit")
+        self.threads = threads_per_process(plan, threads)
+
+    def earlier(self, todo: list[Point]) -> dict:
+        return earlier_jobs(self.runs_dir, [p.run_id for p in todo])
+
+    def waiting_line(self, live: dict) -> str:
+        return (f"{self.plan.cfg.name}: waiting for {len(live)} job(s) of an earlier invocation: "
+                f"{', '.join(str(j.job_id) for j in live.values())}")
+
+    def launch(self, todo: list[Point], live: dict, bar) -> None:
+        cfg = self.plan.cfg
+        # SLURM: all of them, one array (it runs sweep.slurm.array_parallelism at once); locally,
+        # up to sweep.jobs at once
+        batch = list(todo) if cfg.launcher == "slurm" else todo[:max(0, cfg.jobs - len(live))]
+        if batch:
+            del todo[:len(batch)]
+            live.update(submit(self.executor, self.plan, batch, self.threads))
+            bar.write(f"{cfg.name}: submitted {len(batch)} job(s) "
+                      f"({', '.join(str(live[p.run_id].job_id) for p in batch[:3])}"
+                      f"{', ...' if len(batch) > 3 else ''})")
+
+    def ended(self, rid: str, job) -> Optional[str]:
+        if not job.done():
+            return None
+        run_dir = self.runs_dir / rid
+        return run_status(run_dir, read_json(run_dir / "summary.json") or {})[0]
+
+    def ended_line(self, rid: str, job, status: str) -> str:
+        return f"{rid}: {status} (job {job.job_id})"
+
+    def postfix(self, todo: list[Point], live: dict) -> str:
+        states = [state_of(job) for job in live.values()]
+        queued = sum(s in QUEUED for s in states)
+        return f"queued {queued}, running {len(states) - queued}, left {len(todo)}"
+
+    def interrupted(self, live: dict, bar) -> None:
         bar.write(f"interrupted: {len(live)} job(s) were submitted or waited for "
                   f"({', '.join(str(j.job_id) for j in live.values())}); the same command waits "
                   "for those still queued or running (scancel stops SLURM jobs)")
-        bar.close()
-        return False
-    bar.close()
-    print(f"{cfg.name}: this invocation waited for {sum(counts.values())} job(s)"
-          + "".join(f", {v} {k}" for k, v in counts.items() if v))
-    return True
+
+    def summary(self, counts: dict) -> str:
+        return (f"{self.plan.cfg.name}: this invocation waited for {sum(counts.values())} job(s)"
+                + "".join(f", {v} {k}" for k, v in counts.items() if v))

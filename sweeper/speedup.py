@@ -108,17 +108,18 @@ def eval_curve(run_dir) -> list:
 
 
 def baseline_fit(rows: list, summary, baseline: str) -> tuple[Optional[ScalingFit], list]:
-    """L(D) from the baseline's budget runs and its scored runs (budget 1): the mean of the
-    summary's column per token budget."""
-    from sweeper.stats import same_tuned, scored_runs
+    """L(D) from the baseline's budget runs and its scored runs (budget 1; `rows`: SweepRows):
+    the mean of the summary's column per token budget."""
+    from sweeper.stats import scored_runs
+    from sweeper.tuning import same_tuned
 
     lr, column, tuned = summary.scores[baseline].lr, summary.column, summary.curves[baseline].tuned
-    runs = [r for r in rows if r["curve"] == baseline and r.get("stage") == "budget"
-            and r["lr"] == lr and same_tuned(r, tuned)] + scored_runs(rows, baseline, lr, tuned)
+    runs = [r for r in rows if r.curve == baseline and r.stage == "budget"
+            and r.lr == lr and same_tuned(r, tuned)] + scored_runs(rows, baseline, lr, tuned)
     by_tokens = {}
     for r in runs:
-        if r["status"] == Status.COMPLETED and isinstance(r.get(column), (int, float)):
-            by_tokens.setdefault(r["tokens"], []).append(r[column])
+        if r.status == Status.COMPLETED and isinstance(r.value(column), (int, float)):
+            by_tokens.setdefault(r.tokens, []).append(r.value(column))
     budgets = [(d, sum(v) / len(v), len(v)) for d, v in sorted(by_tokens.items())]
     if len(budgets) < 3:
         return None, budgets
@@ -131,24 +132,24 @@ def speedups(rows: list, summary, baseline: Optional[str]) -> Optional[Speedups]
 
     if baseline is None or baseline not in summary.scores:
         return None
-    base = {r["seed"]: r for r in scored_runs(rows, baseline, summary.scores[baseline].lr,
-                                              summary.curves[baseline].tuned)
-            if r["status"] == Status.COMPLETED}
+    base = {r.seed: r for r in scored_runs(rows, baseline, summary.scores[baseline].lr,
+                                           summary.curves[baseline].tuned)
+            if r.status == Status.COMPLETED}
     fit, budgets = baseline_fit(rows, summary, baseline)
     out = []
     for curve in summary.ranked:
         if curve == baseline:
             continue
-        runs = {r["seed"]: r for r in scored_runs(rows, curve, summary.scores[curve].lr,
-                                                  summary.curves[curve].tuned)
-                if r["status"] == Status.COMPLETED}
+        runs = {r.seed: r for r in scored_runs(rows, curve, summary.scores[curve].lr,
+                                               summary.curves[curve].tuned)
+                if r.status == Status.COMPLETED}
         ratios, effective = {}, {}
         for seed in sorted(set(base) & set(runs)):
-            target = final_eval_loss(base[seed]["_dir"])
-            reached = tokens_to_reach(eval_curve(runs[seed]["_dir"]), target) if target else None
-            ratios[seed] = base[seed]["tokens"] / reached if reached else None
+            target = final_eval_loss(base[seed].dir)
+            reached = tokens_to_reach(eval_curve(runs[seed].dir), target) if target else None
+            ratios[seed] = base[seed].tokens / reached if reached else None
             value = summary.scores[curve].values.get(seed)
             if fit is not None and value is not None:
-                effective[seed] = effective_speedup(fit, value, runs[seed]["tokens"])
+                effective[seed] = effective_speedup(fit, value, runs[seed].tokens)
         out.append(Speedup(curve, ratios, effective))
     return Speedups(baseline, out, fit, budgets)

@@ -21,8 +21,8 @@ from typing import Callable, Optional
 
 from sweeper.config import METRICS
 from sweeper.points import Plan, Point, curve_label, grid_values, make_point
-from sweeper.runner import collect
-from sweeper.runner import run_points as local_run_points
+from sweeper.rows import SweepRow, collect
+from sweeper.runner import LocalBackend, run_points
 from sweeper.stats import LrStats, baseline_of, chosen_curves, stage1, with_targets
 
 
@@ -58,14 +58,14 @@ def curve_points(plan: Plan, stage: str, lrs_by_curve: dict, seeds: list,
     return points
 
 
-def extensions(plan: Plan, rows: list[dict]) -> list[Point]:
+def extensions(plan: Plan, rows: list[SweepRow]) -> list[Point]:
     """The next bracketing points, from the finished stage-1 runs."""
     metric = METRICS[plan.cfg.metric]
     rows = with_targets(rows, plan.cfg)
     curves = chosen_curves(rows, metric, metric.column(stage1(rows)), plan.cfg.tolerance)
     new = {}
     for curve, c in curves.items():
-        used = len({r["lr"] for r in rows if r["curve"] == curve and r.get("stage") == "extend"})
+        used = len({r.lr for r in rows if r.curve == curve and r.stage == "extend"})
         lr = extension_lr(c.per_lr, c.best, used, plan.cfg.max_extend)
         if lr is not None:
             new[curve] = [float(f"{lr:.6g}")]
@@ -85,7 +85,7 @@ def confirm_lrs(c, neighbours: bool) -> list[float]:
     return sorted(st.lr for st in picks)
 
 
-def tune_points(plan: Plan, rows: list[dict]) -> list[Point]:
+def tune_points(plan: Plan, rows: list[SweepRow]) -> list[Point]:
     """The next tuning points (sweep.tune), from the finished stage-1 and tune runs."""
     cfg = plan.cfg
     metric = METRICS[cfg.metric]
@@ -101,7 +101,7 @@ def tune_points(plan: Plan, rows: list[dict]) -> list[Point]:
     return points
 
 
-def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
+def later_points(plan: Plan, rows: list[SweepRow]) -> list[Point]:
     """Stage 2 and the baseline budgets, from the finished stage-1 (and tune) runs."""
     cfg = plan.cfg
     metric = METRICS[cfg.metric]
@@ -129,12 +129,14 @@ def later_points(plan: Plan, rows: list[dict]) -> list[Point]:
 def run_stages(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], None]) -> bool:
     """Stage 1 with its extensions, then stage 2 and the budgets; False when interrupted."""
     d = plan.cfg.path
-    run_points = local_run_points
-    if plan.cfg.launcher != "local":   # SLURM (or local) jobs through submitit
-        from sweeper.slurm import run_points
+    if plan.cfg.launcher == "local":
+        backend = LocalBackend(plan, gpus, threads)
+    else:   # SLURM (or local) jobs through submitit
+        from sweeper.slurm import SubmititBackend
+        backend = SubmititBackend(plan, threads)
     points = list(plan.points)
     while True:
-        if not run_points(plan, points, gpus, threads, on_end):
+        if not run_points(plan, points, backend, on_end):
             return False
         new = [p for p in extensions(plan, collect(d)) if p.run_id not in {q.run_id for q in points}]
         if not new:
@@ -150,12 +152,12 @@ def run_stages(plan: Plan, gpus: list[str], threads: int, on_end: Callable[[], N
         print(f"{plan.cfg.name}: tuning {', '.join(sorted({k for p in new for k in p.tuned}))} "
               f"for {', '.join(sorted({p.curve for p in new}))}: {len(new)} runs")
         points += new
-        if not run_points(plan, new, gpus, threads, on_end):
+        if not run_points(plan, new, backend, on_end):
             return False
     later = later_points(plan, collect(d))
     if later:
         seen = {p.run_id for p in points}
         later = [p for p in {p.run_id: p for p in later}.values() if p.run_id not in seen]
         print(f"{plan.cfg.name}: stage 2 and budgets: {len(later)} runs")
-        return run_points(plan, later, gpus, threads, on_end)
+        return run_points(plan, later, backend, on_end)
     return True

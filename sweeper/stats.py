@@ -1,4 +1,4 @@
-"""The statistics of a sweep, from collect()'s rows.
+"""The statistics of a sweep, from its rows (sweeper/rows.py's SweepRow, read by collect).
 
 Stage 1 (the lr grid, with its bracketing extensions) chooses each curve's lr: per curve
 (optimizer and grid values) and lr the metric over seeds (LrStats), the best lr and stable range
@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from sweeper.config import METRICS, Metric
 from sweeper.paired import Paired, mean_interval, paired
+from sweeper.rows import SweepRow
 from trainer.outputs import Status, read_metrics
 
 STAGE1 = ("1", "extend")      # the stages that choose the lr
@@ -26,7 +27,7 @@ HELD_OUT = "2"
 class LrStats:
     lr: float
     values: list          # the metric of each run that reached it (completed; grokked)
-    runs: list            # every completed or diverged row at this lr
+    runs: list            # every completed or diverged SweepRow at this lr
     n_bad: int            # diverged (or, for grokking_step, did not grok)
 
     @property
@@ -124,21 +125,21 @@ class Summary:
     pairs: List[Paired] = field(default_factory=list)       # every pair
     extended: Dict[str, List[float]] = field(default_factory=dict)   # lrs added by bracketing
     speedups: Optional[object] = None   # sweeper/speedup.py's Speedups, when a baseline applies
-    scored: Dict[str, list] = field(default_factory=dict)   # the rows behind each curve's Scores
+    # the rows behind each curve's Scores
+    scored: Dict[str, List[SweepRow]] = field(default_factory=dict)
 
 
-def lr_stats(rows: list[dict], metric: str) -> dict[str, list[LrStats]]:
+def lr_stats(rows: list[SweepRow], metric: str) -> dict[str, list[LrStats]]:
     """{curve: [stats per lr, ascending]} over the completed and diverged runs."""
     by = {}
     for r in rows:
-        if r["status"] in Status.RESULTS:
-            by.setdefault(r["curve"], {}).setdefault(r["lr"], []).append(r)
+        if r.status in Status.RESULTS:
+            by.setdefault(r.curve, {}).setdefault(r.lr, []).append(r)
     out = {}
     for curve, per_lr in sorted(by.items()):
         out[curve] = []
         for lr, runs in sorted(per_lr.items()):
-            values = [r[metric] for r in runs if r["status"] == Status.COMPLETED
-                      and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+            values = [v for r in runs if (v := r.score(metric)) is not None]
             out[curve].append(LrStats(lr, values, runs, len(runs) - len(values)))
     return out
 
@@ -163,19 +164,19 @@ def best_and_range(stats: list[LrStats], metric: Metric, tolerance: float):
     return best, stats[i:j + 1]
 
 
-def tokens_to_target(runs: list[dict], target: float) -> Reach:
+def tokens_to_target(runs: list[SweepRow], target: float) -> Reach:
     """Mean tokens at the first eval with val/loss <= target over the runs that got there."""
     reached = []
     for r in runs:
-        for rec in read_metrics(r["_dir"]):
+        for rec in read_metrics(r.dir):
             if rec.get("val/loss") is not None and rec["val/loss"] <= target:
                 reached.append(rec["tokens"])
                 break
     return Reach(sum(reached) / len(reached) if reached else None, len(reached), len(runs))
 
 
-def stage1(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("stage", "1") in STAGE1]
+def stage1(rows: list[SweepRow]) -> list[SweepRow]:
+    return [r for r in rows if r.stage in STAGE1]
 
 
 def val_curve(run_dir) -> dict:
@@ -184,19 +185,20 @@ def val_curve(run_dir) -> dict:
             if rec.get("val/loss") is not None and "step" in rec}
 
 
-def with_targets(rows: list[dict], cfg) -> list[dict]:
+def with_targets(rows: list[SweepRow], cfg) -> list[SweepRow]:
     """With sweep.target: each finished run's steps_to_target (its first scheduled evaluation
     with val/loss <= target; None: never), results.csv's column and metric=steps_to_target's."""
     from sweeper.track3 import first_step_below
 
     if getattr(cfg, "target", None) is not None:
         for r in rows:
-            if r["status"] in Status.RESULTS and "steps_to_target" not in r:
-                r["steps_to_target"] = first_step_below(val_curve(r["_dir"]), cfg.target)
+            if r.status in Status.RESULTS and not r.target_checked:
+                r.steps_to_target = first_step_below(val_curve(r.dir), cfg.target)
+                r.target_checked = True
     return rows
 
 
-def chosen_curves(rows: list[dict], metric: Metric, column: str, tolerance: float,
+def chosen_curves(rows: list[SweepRow], metric: Metric, column: str, tolerance: float,
                   cfg=None) -> Dict[str, CurveStats]:
     """Each curve's stage-1 statistics and best lr (curves without a value left out), and with
     cfg's sweep.tune its tuning at that lr."""
@@ -208,45 +210,38 @@ def chosen_curves(rows: list[dict], metric: Metric, column: str, tolerance: floa
         if best is None:
             continue
         curves[curve] = c = CurveStats(per_lr, best, stable)
-        axes = cfg.tune_axes(best.runs[0]["optimizer"]) if cfg is not None else []
+        axes = cfg.tune_axes(best.runs[0].optimizer) if cfg is not None else []
         if axes:
             resolve = cfg.resolve if cfg.resolve is not None else metric.resolve
             ratio = per_lr[1].lr / per_lr[0].lr if len(per_lr) > 1 else 2.0
-            c.tuning = tune_curve([r for r in rows if r["curve"] == curve], best, axes, column,
+            c.tuning = tune_curve([r for r in rows if r.curve == curve], best, axes, column,
                                   resolve, len(cfg.seeds), max_rounds=cfg.max_rounds,
                                   max_extend=cfg.max_extend, lr_ratio=ratio)
     return curves
 
 
-def same_tuned(row: dict, tuned: dict) -> bool:
-    from sweeper.tuning import same
-
-    got = row.get("_tuned", {})
-    return got.keys() == tuned.keys() and all(same(got[k], v) for k, v in tuned.items())
-
-
-def scored_runs(rows: list[dict], curve: str, lr: float, tuned: Optional[dict] = None) -> list[dict]:
+def scored_runs(rows: list[SweepRow], curve: str, lr: float,
+                tuned: Optional[dict] = None) -> list[SweepRow]:
     """The finished runs of `curve` at `lr` (and `tuned` values) that score it: its stage-2 runs
     if it has any, else those of stages 1 and tune."""
     tuned = tuned or {}
-    from sweeper.tuning import same
+    from sweeper.tuning import same, same_tuned
 
-    at = [r for r in rows if r["curve"] == curve and same(r["lr"], lr)
-          and r["status"] in Status.RESULTS and same_tuned(r, tuned)]
-    held = [r for r in at if r.get("stage") == HELD_OUT]
-    return held or [r for r in at if r.get("stage", "1") in STAGE1 + ("tune",)]
+    at = [r for r in rows if r.curve == curve and same(r.lr, lr)
+          and r.status in Status.RESULTS and same_tuned(r, tuned)]
+    held = [r for r in at if r.stage == HELD_OUT]
+    return held or [r for r in at if r.stage in STAGE1 + ("tune",)]
 
 
-def scores_of(rows: list[dict], curve: str, lr: float, column: str,
+def scores_of(rows: list[SweepRow], curve: str, lr: float, column: str,
               tuned: Optional[dict] = None) -> Scores:
     runs = scored_runs(rows, curve, lr, tuned)
-    held = any(r.get("stage") == HELD_OUT for r in runs)
-    values = {r["seed"]: r[column] for r in runs if r["status"] == Status.COMPLETED
-              and isinstance(r.get(column), (int, float)) and math.isfinite(r[column])}
+    held = any(r.stage == HELD_OUT for r in runs)
+    values = {r.seed: v for r in runs if (v := r.score(column)) is not None}
     return Scores(lr, bool(held), values, len(runs), len(runs) - len(values))
 
 
-def summarize(rows: list[dict], cfg) -> Summary:
+def summarize(rows: list[SweepRow], cfg) -> Summary:
     """The statistics of every curve, their scores, ranking and verdicts, for the sweep config."""
     from sweeper.speedup import speedups
 
@@ -262,15 +257,15 @@ def summarize(rows: list[dict], cfg) -> Summary:
              for i, a in enumerate(ranked) for b in ranked[i + 1:]]
     extended = {}
     for r in rows:
-        if r.get("stage") == "extend":
-            extended.setdefault(r["curve"], set()).add(r["lr"])
+        if r.stage == "extend":
+            extended.setdefault(r.curve, set()).add(r.lr)
     target = None
     if metric.has_target and curves:
         target = cfg.target_loss if cfg.target_loss is not None else \
             max(c.best.mean for c in curves.values())
         for c in curves.values():
             c.to_target = tokens_to_target(
-                [r for r in c.best.runs if r["status"] == Status.COMPLETED], target)
+                [r for r in c.best.runs if r.status == Status.COMPLETED], target)
     s = Summary(metric, lr_stats(stage1(rows), column), curves, ranked, target, column, scores,
                 verdicts, pairs, {c: sorted(v) for c, v in extended.items()},
                 scored={c: scored_runs(rows, c, curves[c].chosen_lr, curves[c].tuned) for c in curves})

@@ -33,6 +33,11 @@ def same(a, b) -> bool:
     return a == b
 
 
+def same_tuned(row, tuned: dict) -> bool:
+    """A SweepRow's tuned values are `tuned`."""
+    return row.tuned.keys() == tuned.keys() and all(same(row.tuned[k], v) for k, v in tuned.items())
+
+
 def numeric(values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -93,14 +98,13 @@ class Tuning:
 
 
 def point_stats(rows: list, lr: float, tuned: dict, column: str, stats_type):
-    """The stats of the tuning runs (stages 1, extend, tune) at (lr, tuned), or None."""
-    runs = [r for r in rows if r.get("stage", "1") in TUNING_STAGES and same(r["lr"], lr)
-            and r["status"] in Status.RESULTS and r.get("_tuned", {}).keys() == tuned.keys()
-            and all(same(r["_tuned"][k], v) for k, v in tuned.items())]
+    """The stats of the tuning runs (stages 1, extend, tune; `rows`: SweepRows) at (lr, tuned),
+    or None."""
+    runs = [r for r in rows if r.stage in TUNING_STAGES and same(r.lr, lr)
+            and r.status in Status.RESULTS and same_tuned(r, tuned)]
     if not runs:
         return None
-    values = [r[column] for r in runs if r["status"] == Status.COMPLETED
-              and isinstance(r.get(column), (int, float)) and math.isfinite(r[column])]
+    values = [v for r in runs if (v := r.score(column)) is not None]
     return stats_type(lr, values, runs, len(runs) - len(values))
 
 
@@ -125,7 +129,7 @@ def tune_curve(rows: list, start, axes: list, column: str, resolve: float, n_see
     """The coordinate descent of one curve (`rows`: its runs) from `start`, the LrStats of its
     stage-1 best lr at the defaults; it stops at the first axis with runs missing (`pending`)."""
     stats_type = type(start)
-    default_of = default_of or (lambda key: config_value(start.runs[0]["_dir"], key))
+    default_of = default_of or (lambda key: config_value(start.runs[0].dir, key))
     defaults = {key: default_of(key) for key, _ in axes}
     out = Tuning(start.lr, {}, start)
 

@@ -10,7 +10,7 @@ import sweep
 from sweeper.config import SweepConfig
 from sweeper.plots import (PALETTE, draw_best_curves, draw_lr_curves, draw_lr_grid_curves,
                            draw_verdicts, pyplot)
-from sweeper.runner import collect
+from sweeper.rows import collect
 from sweeper.stats import summarize
 from test_sweep import fake_run, write_sweep_json
 

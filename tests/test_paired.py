@@ -5,6 +5,7 @@ L(D) = alpha D^-beta + gamma fit on noiseless synthetic losses."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,23 +169,26 @@ def test_l_of_d_fit_uses_the_mean_per_budget_with_unequal_seeds():
 
     from scipy.optimize import curve_fit
 
+    from sweeper.rows import SweepRow
     from sweeper.speedup import baseline_fit
 
     base, lr, col = 400_000, 1e-3, "final_val_loss_full"
     law = {0.25: 2.30, 0.5: 2.05, 1.0: 1.88, 2.0: 1.77}
     noise = {0: 0.031, 1: -0.012, 2: 0.020, 3: -0.044}   # seed 3 only at 1x: skews a pooled fit
+
+    def row(curve, lr, stage, seed, status, tokens, loss):
+        return SweepRow(run_id=f"{curve}_{lr}_{stage}_{seed}", curve=curve, optimizer=curve, lr=lr,
+                        seed=seed, stage=stage, dir=Path("unused"), status=status, tokens=tokens,
+                        **{col: loss})
+
     rows = []
     for f, loss in law.items():
         stage, seeds = ("2", range(4)) if f == 1.0 else ("budget", range(3))
         for s in seeds:
-            rows.append(dict(curve="adamw", lr=lr, stage=stage, seed=s, status="completed",
-                             tokens=int(f * base), **{col: loss + noise[s] * f}))
-    rows += [dict(curve="muon", lr=lr, stage="budget", seed=0, status="completed",
-                  tokens=base // 4, **{col: 9.0}),
-             dict(curve="adamw", lr=2e-3, stage="budget", seed=0, status="completed",
-                  tokens=base // 4, **{col: 9.0}),
-             dict(curve="adamw", lr=lr, stage="budget", seed=5, status="diverged",
-                  tokens=base // 2, **{col: 9.0})]
+            rows.append(row("adamw", lr, stage, s, "completed", int(f * base), loss + noise[s] * f))
+    rows += [row("muon", lr, "budget", 0, "completed", base // 4, 9.0),
+             row("adamw", 2e-3, "budget", 0, "completed", base // 4, 9.0),
+             row("adamw", lr, "budget", 5, "diverged", base // 2, 9.0)]
     summary = SimpleNamespace(scores={"adamw": SimpleNamespace(lr=lr)}, column=col,
                               curves={"adamw": SimpleNamespace(tuned={})})
     fit, budgets = baseline_fit(rows, summary, "adamw")
@@ -192,8 +196,8 @@ def test_l_of_d_fit_uses_the_mean_per_budget_with_unequal_seeds():
     D = np.array(sorted(int(f * base) for f in law), dtype=np.float64)
     means = []
     for d in D:
-        vals = [r[col] for r in rows if r["curve"] == "adamw" and r["lr"] == lr
-                and r["status"] == "completed" and r["tokens"] == d]
+        vals = [r.final_val_loss_full for r in rows if r.curve == "adamw" and r.lr == lr
+                and r.status == "completed" and r.tokens == d]
         means.append(sum(vals) / len(vals))
     counts = [3, 3, 4, 3]
     assert [(d, n) for d, _, n in budgets] == list(zip(D.tolist(), counts))
@@ -207,8 +211,8 @@ def test_l_of_d_fit_uses_the_mean_per_budget_with_unequal_seeds():
     for d in D:   # the same curve at every budget
         assert fit.loss(d) == pytest.approx(a * (d / scale) ** -b + g, rel=1e-7)
     # a fit of every run as its own point weights the 4-seed budget more: a different curve
-    pooled = [(r["tokens"], r[col]) for r in rows if r["curve"] == "adamw" and r["lr"] == lr
-              and r["status"] == "completed"]
+    pooled = [(r.tokens, r.final_val_loss_full) for r in rows if r.curve == "adamw" and r.lr == lr
+              and r.status == "completed"]
     (pa, pb, pg), _ = curve_fit(lambda d, a, b, g: a * (d / scale) ** -b + g,
                                 np.array([p[0] for p in pooled], dtype=np.float64),
                                 np.array([p[1] for p in pooled]), p0=(0.1, 0.5, 1.6), maxfev=50_000)

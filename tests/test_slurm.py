@@ -16,7 +16,7 @@ from pathlib import Path
 import sweep
 from sweeper import slurm
 from sweeper.points import plan, split_args
-from sweeper.runner import train_command
+from sweeper.runner import run_points, train_command
 
 
 def sweep_args(tmp_path: Path, source: Path, *extra: str) -> list[str]:
@@ -125,7 +125,7 @@ def test_a_queued_or_running_job_is_not_submitted_again(tmp_path, monkeypatch, s
         proc.wait()
     assert slurm.earlier_jobs(runs_dir, ["a"]) == {}
 
-    # run_points waits for an earlier job and submits only the other point
+    # the scheduler waits for an earlier job and submits only the other point
     p = plan(*split_args(sweep_args(tmp_path, small_text, "sweep.launcher=local_submitit")))
     first, second = p.points
     (p.cfg.path / "runs" / first.run_id).mkdir(parents=True)
@@ -145,7 +145,7 @@ def test_a_queued_or_running_job_is_not_submitted_again(tmp_path, monkeypatch, s
     monkeypatch.setattr(slurm, "make_executor", lambda *a: None)
     reaper = threading.Thread(target=waiting.wait)
     reaper.start()
-    assert slurm.run_points(p, p.points, [], 1, on_end=lambda: None)
+    assert run_points(p, p.points, slurm.SubmititBackend(p, 1), on_end=lambda: None)
     reaper.join()
     assert submitted == [second.run_id]
 

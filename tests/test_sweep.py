@@ -23,6 +23,7 @@ from sweeper import runner
 from sweeper.config import load_sweep, lr_grids
 from sweeper.points import (Point, canonical, make_points, make_run_id, plan, run_args, split_args,
                             validate_points)
+from sweeper.rows import collect
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = min(2, len(os.sched_getaffinity(0)))
@@ -311,6 +312,80 @@ def test_failed_torchrun_run_carries_its_rank_own_error(tmp_path, small_text, mo
 
 
 # ---------------------------------------------------------------------------------------------
+# The scheduler's loop (runner.run_points), with a stand-in backend
+
+class StandInBackend:
+    """Runs last `ticks` polls each, at most `at_once` live; records what the loop asks."""
+    poll_s = 0.0
+    counted = ("completed", "diverged", "failed", "interrupted")
+
+    def __init__(self, outcomes: dict, earlier: tuple = (), at_once: int = 2, ticks: int = 2,
+                 stop_at_launch: int | None = None):
+        self.outcomes, self.earlier_ids, self.at_once, self.ticks = outcomes, earlier, at_once, ticks
+        self.stop_at_launch, self.launches = stop_at_launch, 0
+        self.started, self.most_live, self.stopped = [], 0, None
+
+    def earlier(self, todo):
+        return {p.run_id: [self.ticks] for p in todo if p.run_id in self.earlier_ids}
+
+    def waiting_line(self, live):
+        return f"waiting for {sorted(live)}"
+
+    def launch(self, todo, live, bar):
+        self.launches += 1
+        if self.launches == self.stop_at_launch:
+            raise KeyboardInterrupt
+        while todo and len(live) < self.at_once:
+            p = todo.pop(0)
+            self.started.append(p.run_id)
+            live[p.run_id] = [self.ticks]
+        self.most_live = max(self.most_live, len(live))
+
+    def ended(self, rid, handle):
+        handle[0] -= 1
+        return self.outcomes[rid] if handle[0] < 0 else None
+
+    def ended_line(self, rid, handle, status):
+        return f"{rid} ended {status}"
+
+    def postfix(self, todo, live):
+        return f"live {len(live)}, left {len(todo)}"
+
+    def interrupted(self, live, bar):
+        self.stopped = sorted(live)
+
+    def summary(self, counts):
+        return "summary " + ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def test_scheduler_runs_each_point_once_and_waits_for_earlier_runs(tmp_path, capsys):
+    """A finished point is skipped, an earlier invocation's run is waited for (never started),
+    every other point starts once, never more than at_once at a time; on_end after each run
+    that ends; the counts and lines come from the backend; Ctrl-C hands the live runs to it."""
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(cfg=SimpleNamespace(name="t", path=tmp_path))
+    points = [SimpleNamespace(run_id=f"r{i}") for i in range(6)]
+    (tmp_path / "runs" / "r0").mkdir(parents=True)
+    (tmp_path / "runs" / "r0" / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    outcomes = {"r1": "completed", "r2": "failed", "r3": "completed", "r4": "diverged",
+                "r5": "completed"}
+    backend = StandInBackend(outcomes, earlier=("r3",))
+    ends = []
+    assert runner.run_points(plan, points, backend, on_end=lambda: ends.append(1))
+    assert backend.started == ["r1", "r2", "r4", "r5"] and backend.most_live == 2
+    assert len(ends) == 5
+    out = capsys.readouterr().out
+    assert "waiting for ['r3']" in out and "r2 ended failed" in out and "r4 ended diverged" in out
+    assert "r1 ended" not in out
+    assert out.rstrip().endswith("summary 3 completed, 1 diverged, 1 failed, 0 interrupted")
+    # interrupted at the third poll: False, the two live runs handed to the backend
+    backend = StandInBackend(outcomes, ticks=5, stop_at_launch=3)
+    assert not runner.run_points(plan, points, backend, on_end=lambda: None)
+    assert backend.stopped == ["r1", "r2"] and backend.started == ["r1", "r2"]
+
+
+# ---------------------------------------------------------------------------------------------
 # The report's statistics, on hand-made runs
 
 def fake_run(d: Path, optimizer: str, lr: float, seed: int, summary: dict, evals: list[dict],
@@ -563,8 +638,8 @@ def test_interrupted_run_is_resumed_never_a_result(tmp_path):
                                "final_val_loss": None}, [{"step": 0, "tokens": 0, "val/loss": 4.0}])
     run_dir = next((d / "runs").iterdir())
     assert not runner.finished(run_dir)
-    row = runner.collect(d)[0]
-    assert row["status"] == "interrupted" and row["error"] is None
+    row = collect(d)[0]
+    assert row.status == "interrupted" and row.error is None
     write_sweep_json(d)
     assert sweep.main(["report", f"sweep.dir={d}"]) == 0
     assert "1 interrupted" in (d / "report.md").read_text()
