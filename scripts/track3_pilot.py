@@ -38,7 +38,8 @@ def main() -> int:
     from configs.errors import UserError, run_cli
     from sweep import stored_config
     from sweeper.config import SweepConfig
-    from sweeper.runner import collect, read_sweep
+    from sweeper.rows import collect
+    from sweeper.runner import read_sweep
     from sweeper.stats import summarize, val_curve
     from trainer.outputs import Status
 
@@ -61,23 +62,23 @@ def main() -> int:
             raise UserError(f"--baseline {args.baseline} is not a curve of this sweep "
                             f"({', '.join(s.curves)})")
         c = s.curves[args.baseline]
-        chosen = [r for r in c.chosen.runs if r["status"] == Status.COMPLETED]
-        at_step = [val_curve(r["_dir"]).get(args.step) for r in chosen]
+        chosen = [r for r in c.chosen.runs if r.status == Status.COMPLETED]
+        at_step = [val_curve(r.dir).get(args.step) for r in chosen]
         if not chosen or None in at_step:
             raise UserError(f"{args.baseline}'s chosen point has no val loss at step {args.step} "
                             "for every tuning seed; pick a scheduled evaluation step")
         target = math.ceil(statistics.mean(at_step) * 1e4) / 1e4
-        tuning = [r for r in rows if r["curve"] == args.baseline and r["seed"] in cfg.seeds
-                  and r["status"] == Status.COMPLETED]
+        tuning = [r for r in rows if r.curve == args.baseline and r.seed in cfg.seeds
+                  and r.status == Status.COMPLETED]
         points: dict = {}
         for r in tuning:   # a point: the run id without its seed and hash
-            points.setdefault(r["run_id"].rsplit("_", 2)[0], []).append(r["final_val_loss"])
+            points.setdefault(r.run_id.rsplit("_", 2)[0], []).append(r.final_val_loss)
         best = min(statistics.mean(v) for v in points.values() if len(v) == len(cfg.seeds))
         near = [v for v in points.values()
                 if len(v) == len(cfg.seeds) and statistics.mean(v) <= best + args.within]
         sigma, df = pooled_std(near)
         print(f"{args.baseline}: chosen lr {c.chosen_lr:g} {c.tuned or ''}, val loss at step "
-              f"{args.step} on seeds {[r['seed'] for r in chosen]}: "
+              f"{args.step} on seeds {[r.seed for r in chosen]}: "
               f"{', '.join(f'{v:.4f}' for v in at_step)}")
         print(f"sigma: pooled seed std of the final loss over {len(near)} points within "
               f"{args.within} of the best ({best:.4f}): {sigma:.4f} ({df} degrees of freedom)")
