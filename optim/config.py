@@ -25,7 +25,7 @@ ROUTING = ("name", "route", "vector_lr", "vector_weight_decay", "decay_embedding
 POWERS = (1, 0.5, 0.25, 0)                          # the spectral family's p (optim/spectral.py)
 NS_DTYPES = ("bfloat16", "float32", "float16")      # torch dtype names; "auto" picks per device
 CHOICES = {"decay_style": ("adaptive", "decoupled"),
-           "ns": ("newton_schulz", "cubic", "svd", "polar_express", "gram"),
+           "ns": ("newton_schulz", "cubic", "svd", "polar_express", "gram"),   # optim/polar.py
            "scale": (None, "moonlight", "original", "none"),
            "ns_dtype": ("auto", *NS_DTYPES),
            "ns_norm": ("frobenius", "schatten4"),
@@ -101,8 +101,7 @@ class OptimizerConfig:
     decay_style: str = "adaptive"        # NAMO: adaptive | decoupled
     scale: Optional[str] = None          # shape scale: moonlight | original | none; None = family's
     ns: str = "newton_schulz"            # orthogonalization: newton_schulz (quintic) | cubic | svd
-                                         # | polar_express
-                                         # | gram (optim/polar.py)
+                                         # | polar_express | gram (optim/polar.py's table)
     ns_steps: int = 5
     ns_eps: float = 1e-7                 # Newton-Schulz starts from X / (||X||_F + ns_eps)
     ns_dtype: str = "auto"               # Newton-Schulz matmuls: auto (bf16 on GPUs and on CPUs

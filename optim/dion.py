@@ -58,10 +58,6 @@ def identity_transform(group, X: Tensor, work=None) -> Tensor:
     return X
 
 
-def always(group) -> bool:
-    return True
-
-
 def initial_q(n: int, r: int, like: Tensor) -> Tensor:
     """The fixed orthonormal n x r start of Q (float64 QR of a seeded Gaussian)."""
     g = torch.Generator().manual_seed(Q_SEED + 7919 * n + r)

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from optim import spectral
+from optim import polar, spectral
 from optim.rules import _zeros, resolve_ns_dtype
 
 
@@ -47,7 +47,7 @@ def dynmuon_transform(group, X: Tensor, work=None) -> Tensor:
     """(||X|| + ns_eps)^p C polar(Xn) at this step's p (spectral.taylor_power), the polar
     factor by optimizer.ns (the record: 12 cubic Newton-Schulz steps)."""
     dtype = resolve_ns_dtype(group["ns_dtype"], X.device)
-    polar = lambda Y: spectral.orthogonalize(  # noqa: E731
+    polar_factor = lambda Y: polar.orthogonalize(  # noqa: E731
         Y, method=group["ns"], steps=group["ns_steps"], dtype=dtype, eps=group["ns_eps"],
         work=work, norm=group.get("ns_norm", "frobenius"))
-    return spectral.taylor_power(X, group["scheduled_power"], polar, eps=group["ns_eps"])
+    return spectral.taylor_power(X, group["scheduled_power"], polar_factor, eps=group["ns_eps"])

@@ -54,12 +54,12 @@ from optim import capability
 from optim.muon_variants import adamuon_post, normuon_post, normuonh_post, sign_momentum
 from optim.dynmuon import dynmuon_momentum, dynmuon_transform
 from optim.soap_muon import soap_momentum
-from optim.dion import always, dion_momentum, dion_post, dion_step, identity_transform
-from optim.rules import (Chain, adam_normalize, ema_momentum, fixed_step, heavy_ball,
+from optim.dion import dion_momentum, dion_post, dion_step, identity_transform
+from optim.rules import (Chain, adam_normalize, always, ema_momentum, fixed_step, heavy_ball,
                          hyperball_apply, hyperball_step, namo_d_step, namo_step,
                          newton_schulz_dtype, ns_result_dtype, orthogonalize_transform,
                          rank_limited_transform, spectral_identity, spectral_power_transform,
-                         spectral_result_dtype)
+                         spectral_result_dtype, zeroth_power)
 
 Builder = Callable[[torch.nn.Module, OptimizerConfig, Callable, bool], torch.optim.Optimizer]
 registry: dict[str, Builder] = {}
@@ -255,21 +255,25 @@ def _chain_builder(chain: Chain, scale: str, power: float | None = None) -> Buil
     return build
 
 
+def orthogonalizing(precondition, step_size, **links) -> Chain:
+    """A chain whose transform is optimizer.ns's polar factor, in that one's dtype rule."""
+    return Chain(precondition, orthogonalize_transform, step_size, result_dtype=ns_result_dtype,
+                 orthogonalizes=always, **links)
+
+
 # Chain(precondition, transform, step size) and the family's shape scale (and power)
 for name, step_size in (("muon", fixed_step), ("namo", namo_step), ("namo_d", namo_d_step)):
-    registry[name] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, step_size,
-                                          result_dtype=ns_result_dtype), "moonlight")
+    registry[name] = _chain_builder(orthogonalizing(ema_momentum, step_size), "moonlight")
 # optimizer.uw_floor: its u = shape scale x D needs a fixed step size and an orthogonal D
 UW_FLOOR_NAMES.update(("muon", "normuon", "adamuon", "track3_baseline", "muon_svd", "adamz", "soap_muon",
                        "msgdz"))
 # Muon variants: a post link after the transform rescales O; RMS aligned there, so no shape scale
-registry["normuon"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, fixed_step,
-                                           result_dtype=ns_result_dtype, post=normuon_post), "none")
-registry["adamuon"] = _chain_builder(Chain(sign_momentum, orthogonalize_transform, fixed_step,
-                                           result_dtype=ns_result_dtype, post=adamuon_post), "none")
+registry["normuon"] = _chain_builder(orthogonalizing(ema_momentum, fixed_step, post=normuon_post),
+                                     "none")
+registry["adamuon"] = _chain_builder(orthogonalizing(sign_momentum, fixed_step, post=adamuon_post),
+                                     "none")
 # Track 3 result #44's SOAP-Muon: SOAP precondition link, then Muon's orthogonalization
-registry["soap_muon"] = _chain_builder(Chain(soap_momentum, orthogonalize_transform, fixed_step,
-                                             result_dtype=ns_result_dtype), "original")
+registry["soap_muon"] = _chain_builder(orthogonalizing(soap_momentum, fixed_step), "original")
 # Track 3 result #28's DynMuon: Psi_p at a scheduled p (negative included) by its Taylor kernel
 registry["dynmuon"] = _chain_builder(Chain(dynmuon_momentum, dynmuon_transform, fixed_step),
                                      "original")
@@ -281,14 +285,13 @@ registry["dion"] = _chain_builder(Chain(dion_momentum, identity_transform, dion_
 registry["track3_baseline"] = registry["muon"]
 # Track 3's hyperball results (modded-nanogpt records/track_3_optimization, the YAMLs name the
 # files): the update of Muon (#5), of Adam (#4), of NorMuonH (#8), applied by hyperball_apply
-registry["muonh"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, hyperball_step,
-                                         result_dtype=ns_result_dtype, apply=hyperball_apply),
-                                   "none")
+registry["muonh"] = _chain_builder(orthogonalizing(ema_momentum, hyperball_step,
+                                                   apply=hyperball_apply), "none")
 registry["adamh"] = _chain_builder(Chain(adam_normalize, identity_transform, hyperball_step,
                                          identity=always, apply=hyperball_apply), "none")
-registry["normuonh"] = _chain_builder(Chain(ema_momentum, orthogonalize_transform, hyperball_step,
-                                            result_dtype=ns_result_dtype, post=normuonh_post,
-                                            apply=hyperball_apply), "original")
+registry["normuonh"] = _chain_builder(orthogonalizing(ema_momentum, hyperball_step,
+                                                      post=normuonh_post, apply=hyperball_apply),
+                                      "original")
 registry["muon_svd"] = _chain_builder(Chain(ema_momentum, rank_limited_transform, fixed_step),
                                       "moonlight")
 SPECTRAL_SUFFIXES = {"": 1, "s": 0.5, "q": 0.25, "z": 0}   # square root, quarter, zeroth power
@@ -296,7 +299,7 @@ for suffix, p in SPECTRAL_SUFFIXES.items():
     for family, precondition in (("adam", adam_normalize), ("msgd", heavy_ball)):
         registry[family + suffix] = _chain_builder(
             Chain(precondition, spectral_power_transform, fixed_step, identity=spectral_identity,
-                  result_dtype=spectral_result_dtype), "none", p)
+                  result_dtype=spectral_result_dtype, orthogonalizes=zeroth_power), "none", p)
 
 
 # ---- library optimizers and any class by import path ----------------------------------------

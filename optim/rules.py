@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from optim import capability, spectral
+from optim import capability, polar, spectral
 from optim.config import NS_DTYPES
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in NS_DTYPES}
@@ -107,13 +107,14 @@ def adam_normalize(group, grads, states, out):
 # ---- transform: one batched call per shape group (the kernels are optim/spectral.py's) -------
 
 def orthogonalize_transform(group, X: Tensor, work=None) -> Tensor:
-    """Muon's O: quintic Newton-Schulz on X / ||X||_F, or the exact U Vᵀ with ns=svd. The
-    iterations return their own dtype (ns_result_dtype): the apply computes in W's dtype as if
-    D were cast first, and the distributed engine gathers it as it is."""
+    """Muon's O: optimizer.ns's polar factor (optim/polar.py ORTHOGONALIZERS; by default the
+    quintic Newton-Schulz on X / ||X||_F). The iterations return their own dtype
+    (ns_result_dtype): the apply computes in W's dtype as if D were cast first, and the
+    distributed engine gathers it as it is."""
     dtype = resolve_ns_dtype(group["ns_dtype"], X.device)
-    return spectral.orthogonalize(X, method=group["ns"], steps=group["ns_steps"], dtype=dtype,
-                                  eps=group["ns_eps"], work=work,
-                                  norm=group.get("ns_norm", "frobenius"), out_dtype=dtype)
+    return polar.orthogonalize(X, method=group["ns"], steps=group["ns_steps"], dtype=dtype,
+                               eps=group["ns_eps"], work=work,
+                               norm=group.get("ns_norm", "frobenius"), out_dtype=dtype)
 
 
 def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:
@@ -122,19 +123,20 @@ def rank_limited_transform(group, X: Tensor, work=None) -> Tensor:
     return spectral.polar_svd(X) if r is None else spectral.top_rank_polar(X, r)
 
 
-ITERATIVE_POLAR = ("newton_schulz", "cubic", "polar_express", "gram")   # ns values that iterate matmuls
-
-
 def spectral_power_transform(group, X: Tensor, work=None) -> Tensor:
-    """Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04669); p = 1 is the identity."""
+    """Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04669); p = 1 is the identity. p = 0 is optimizer.ns's
+    iteration (orthogonalize_transform), except the quintic: spectral_power's own p = 0, which
+    starts from ||X||_F whatever optimizer.ns_norm says (as it always has). With ns=svd every p
+    is the exact SVD's (its p = 0 maps singular values below a relative 1e-7 to zero)."""
     p = group["power"]
     if p == 1:
         return X
-    if p == 0 and group["ns"] in ("cubic", "polar_express", "gram"):   # not the quintic
+    iterative = polar.orthogonalizer(group["ns"]).iterative
+    if p == 0 and iterative and group["ns"] != "newton_schulz":
         return orthogonalize_transform(group, X, work)
     return spectral.spectral_power(X, p, steps=group["coupled_steps"], ns_steps=group["ns_steps"],
                                    ns_eps=group["ns_eps"],
-                                   method="svd" if group["ns"] == "svd" else "iterative",
+                                   method="iterative" if iterative else "svd",
                                    ns_dtype=resolve_ns_dtype(group["ns_dtype"], X.device),
                                    work=work,
                                    out_dtype=resolve_ns_dtype(group["ns_dtype"], X.device))
@@ -275,27 +277,33 @@ def never(group) -> bool:
     return False
 
 
+def always(group) -> bool:
+    return True
+
+
 def input_dtype(group, X: Tensor) -> torch.dtype:
     return X.dtype
 
 
 def ns_result_dtype(group, X: Tensor) -> torch.dtype:
-    """Every iterative polar method (Newton-Schulz, cubic, Polar Express, Gram) computes and
-    ends in ns_dtype and returns that (orthogonalize_transform): what the distributed engine
-    gathers (half the bytes of float32 for bf16). The SVD's result is in X's dtype."""
-    return (resolve_ns_dtype(group["ns_dtype"], X.device) if group["ns"] in ITERATIVE_POLAR
-            else X.dtype)
+    """optimizer.ns's dtype rule (optim/polar.py): the iterations compute and end in ns_dtype
+    and return that (orthogonalize_transform): what the distributed engine gathers (half the
+    bytes of float32 for bf16). The SVD's result is in X's dtype."""
+    return polar.orthogonalizer(group["ns"]).result_dtype(
+        resolve_ns_dtype(group["ns_dtype"], X.device), X.dtype)
 
 
 def newton_schulz_dtype(chain: "Chain", group: dict, device) -> torch.dtype | None:
-    """The dtype the chain's transform runs Newton-Schulz in for this group; None when it runs
-    none (ns=svd, muon_svd, the spectral powers p != 0)."""
-    if group["ns"] not in ITERATIVE_POLAR:
-        return None
-    if chain.transform is orthogonalize_transform or (
-            chain.transform is spectral_power_transform and group["power"] == 0):
+    """The dtype the chain's transform runs optimizer.ns's iteration in for this group; None
+    when it runs none (ns=svd, muon_svd, the spectral powers p != 0: chain.orthogonalizes)."""
+    if chain.orthogonalizes(group) and polar.orthogonalizer(group["ns"]).iterative:
         return resolve_ns_dtype(group["ns_dtype"], device)
     return None
+
+
+def zeroth_power(group) -> bool:
+    """p = 0: Psi_p is optimizer.ns's polar factor."""
+    return group["power"] == 0
 
 
 def spectral_identity(group) -> bool:
@@ -322,6 +330,8 @@ class Chain:
                              # tensors; must take zero matrices (the distributed engine
                              # learns its form so, MatrixOptimizer._forms)
     identity: Callable = never              # (group) -> the transform returns X as it is
+    orthogonalizes: Callable = never        # (group) -> the transform is optimizer.ns's polar
+                                            # factor (newton_schulz_dtype reports its dtype)
     result_dtype: Callable = input_dtype    # (group, X) -> a dtype holding D exactly
     post: Callable | None = None            # (group, D, states, blocks) -> D' after the transform
     apply: Callable | None = None           # (params, D, eta, rho, blocks, work, cautious) -> None;

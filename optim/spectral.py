@@ -11,6 +11,11 @@ For X = U Σ Vᵀ (thin SVD) the family is Psi_p(X) = U Σ^p Vᵀ (arXiv 2602.04
 p = 1 is X itself, p = 0 is the polar factor U Vᵀ (Muon's orthogonalization), and
 p = 1/2, 1/4 lie in between. The iterative paths use matmuls only (no SVD / eigh); the SVD
 paths are the exact references.
+
+Every matmul polar iteration runs polar_iteration: X0 = G / ||G|| on the short side, then one
+kernel (odd_polynomial: X <- a X + (b A + c A²) X, with a coefficient schedule; or Gram
+Newton-Schulz's). Which iteration optimizer.ns names, with which coefficients and starting
+scale, is optim/polar.py's table ORTHOGONALIZERS.
 """
 from contextlib import contextmanager
 
@@ -18,7 +23,6 @@ import torch
 from torch import Tensor
 
 from configs.errors import UserError
-from optim import polar
 from optim.config import POWERS          # the spectral family's p: 1, 1/2, 1/4, 0
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather than exact
@@ -26,7 +30,6 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)    # Keller Jordan's quintic: fast rather 
 # form each singular value goes s -> 2 s - 1.5 s³ + 0.5 s⁵, which fixes 1 with zero slope
 # (converges to exactly 1, slowly from small s); their baseline runs 12 steps. optimizer.ns=cubic.
 CUBIC_COEFFS = (2.0, -1.5, 0.5)
-COEFFS = {"newton_schulz": NS_COEFFS, "cubic": CUBIC_COEFFS}
 # Newton-Schulz's starting scale: X / (||X||_F + eps), or X / max(||X Xᵀ||_F^(1/2), eps) (the
 # Schatten-4 norm, tighter than Frobenius and still >= the top singular value; Track 3's
 # SOAP-Muon record #44 starts from it). optimizer.ns_norm.
@@ -55,58 +58,73 @@ class Workspace:
         return buf
 
 
-def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None,
-                  coeffs: tuple = NS_COEFFS, norm: str = "frobenius",
-                  out_dtype: torch.dtype | None = None) -> Tensor:
-    """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
-
-    X0 = G / (||G||_F + eps), then X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular
-    value maps by s -> a s + b s³ + c s⁵. The coefficients trade exactness for speed: after
-    5 steps the singular values land in a band around 1 (about [0.7, 1.2]) instead of at 1.
-    The Gram is always the small one: for a tall X, A = XᵀX and X <- a X + X (b A + c A²).
-    Computed in `dtype`. Without `work` the result is a new tensor in G's dtype; with `work`
-    every buffer comes from it (nothing allocated per call) and the result, in `dtype`, is one
-    of them: valid until the next call on the same workspace. `coeffs`: (a, b, c), the quintic
-    by default (CUBIC_COEFFS: the cubic). norm="schatten4": X0 = G / max(||G Gᵀ||_F^(1/2), eps).
-    out_dtype (without `work`): the result's dtype, G's by default; the matrix engine asks for
-    `dtype` itself, which holds the result exactly (no cast back to float32 and down again
-    for the all-gather).
-    """
+def odd_polynomial(X: Tensor, schedule, work: Workspace | None = None,
+                   right: bool = False) -> Tensor:
+    """The one odd-polynomial kernel of every optimizer.ns iteration (Newton-Schulz's fixed
+    coefficients, Polar Express's per-step ones: optim/polar.py): for each (a, b, c) of
+    `schedule`, X <- a X + (b A + c A²) X with A = X Xᵀ, i.e. each singular value maps by
+    s -> a s + b s³ + c s⁵. X: a (B, m, n) stack, m <= n (the small Gram). right: a tall stack
+    as it is, A = XᵀX and X <- a X + X (b A + c A²) (the same map, with no transposed copy).
+    work: X is its buffer ns_x, and the products go to its buffers (X ping-pongs with ns_y,
+    nothing allocated); the result is one of them."""
     if work is not None:
-        return _newton_schulz_in(work, G, steps, eps, dtype, coeffs, norm)
-    a, b, c = coeffs
+        r = min(X.shape[-2:])
+        Y = work.get("ns_y", X.shape, X.dtype, X.device)
+        A = work.get("ns_a", (len(X), r, r), X.dtype, X.device)
+        B = work.get("ns_b", (len(X), r, r), X.dtype, X.device)
+    else:
+        Y = A = B = None                  # fresh tensors each step
+    for a, b, c in schedule:
+        gram = torch.bmm(X.mT, X, out=A) if right else torch.bmm(X, X.mT, out=A)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c, out=B)       # b A + c A²
+        if right:
+            new = torch.baddbmm(X, X, poly, beta=a, alpha=1.0, out=Y)         # a X + X B
+        else:
+            new = torch.baddbmm(X, poly, X, beta=a, alpha=1.0, out=Y)         # a X + B X
+        X, Y = new, (X if work is not None else None)
+    return X
+
+
+def _start_scale(X: Tensor, eps: float, norm: str, safety: float) -> Tensor:
+    """The divisor of X0 = X / scale: safety ||X||_F + eps, or the Schatten-4 norm."""
+    if norm == "schatten4":
+        return _schatten4(X, eps)
+    frobenius = X.norm(dim=(-2, -1), keepdim=True)
+    return (frobenius if safety == 1.0 else frobenius * safety) + eps
+
+
+def polar_iteration(G: Tensor, kernel, schedule, eps: float, dtype: torch.dtype,
+                    norm: str = "frobenius", safety: float = 1.0,
+                    work: Workspace | None = None,
+                    out_dtype: torch.dtype | None = None) -> Tensor:
+    """An iterative polar factor of a (..., m, n) stack: kernel(X0, schedule) on X0 = G /
+    (safety ||G||_F + eps) (norm="schatten4": G / max(||G Gᵀ||_F^(1/2), eps)) in `dtype`, on the
+    short side (a tall stack transposed), with one batch dim. kernel: odd_polynomial, or Gram
+    Newton-Schulz's (optim/polar.py). The result in out_dtype (G's by default). With `work`
+    (odd_polynomial only): every buffer comes from it, a tall stack is not transposed, and the
+    result, in `dtype`, is one of the buffers: valid until the next call on the same workspace."""
+    if work is not None:
+        return _odd_polynomial_in(work, G, schedule, eps, dtype, norm)
     tall = G.size(-2) > G.size(-1)
     X = G.to(dtype)
     if tall:
         X = X.mT
-    X = X / (_schatten4(X, eps) if norm == "schatten4"
-             else X.norm(dim=(-2, -1), keepdim=True) + eps)
+    X = X / _start_scale(X, eps, norm, safety)
     shape = X.shape
-    X = X.reshape(-1, *shape[-2:])      # baddbmm wants exactly one batch dim
-    for _ in range(steps):
-        A = torch.bmm(X, X.mT)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)          # b A + c A²
-        X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)        # a X + B X
+    X = kernel(X.reshape(-1, *shape[-2:]), schedule)   # baddbmm wants exactly one batch dim
     X = X.reshape(shape)
     if tall:
         X = X.mT
     return X.to(out_dtype or G.dtype)
 
 
-def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
-                      dtype: torch.dtype, coeffs: tuple = NS_COEFFS,
-                      norm: str = "frobenius") -> Tensor:
-    """newton_schulz in `work`'s buffers, ping-ponging X between two of them. A tall stack is
-    not transposed (that would copy it, twice): its Gram is XᵀX, which bmm reads in place."""
-    a, b, c = coeffs
+def _odd_polynomial_in(work: Workspace, G: Tensor, schedule, eps: float, dtype: torch.dtype,
+                       norm: str = "frobenius") -> Tensor:
+    """polar_iteration's odd polynomial in `work`'s buffers. A tall stack is not transposed
+    (that would copy it, twice): its Gram is XᵀX, which bmm reads in place."""
     shape, (m, n), device = G.shape, G.shape[-2:], G.device
     G = G.reshape(-1, m, n)
-    r = min(m, n)
     X = work.get("ns_x", G.shape, dtype, device)
-    Y = work.get("ns_y", G.shape, dtype, device)
-    A = work.get("ns_a", (len(G), r, r), dtype, device)
-    B = work.get("ns_b", (len(G), r, r), dtype, device)
     if norm == "schatten4":    # the Gram of the cast values, as without a workspace
         X.copy_(G)
         X.div_(_schatten4(X, eps))
@@ -115,17 +133,28 @@ def _newton_schulz_in(work: Workspace, G: Tensor, steps: int, eps: float,
     else:                      # the norm of the cast values, as without a workspace
         X.copy_(G)
         X.div_(X.norm(dim=(-2, -1), keepdim=True) + eps)
-    for _ in range(steps):
-        if m > n:
-            torch.bmm(X.mT, X, out=A)
-            torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)   # b A + c A²
-            torch.baddbmm(X, X, B, beta=a, alpha=1.0, out=Y)  # a X + X B
-        else:
-            torch.bmm(X, X.mT, out=A)
-            torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)
-            torch.baddbmm(X, B, X, beta=a, alpha=1.0, out=Y)  # a X + B X
-        X, Y = Y, X
-    return X.view(shape)
+    return odd_polynomial(X, schedule, work, right=m > n).view(shape)
+
+
+def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16, work: Workspace | None = None,
+                  coeffs: tuple = NS_COEFFS, norm: str = "frobenius",
+                  out_dtype: torch.dtype | None = None) -> Tensor:
+    """Approximate U Vᵀ by Muon's quintic Newton-Schulz iteration.
+
+    X0 = G / (||G||_F + eps), then `steps` times X <- a X + (b A + c A²) X with A = X Xᵀ
+    (odd_polynomial), i.e. each singular value maps by s -> a s + b s³ + c s⁵. The
+    coefficients trade exactness for speed: after 5 steps the singular values land in a band
+    around 1 (about [0.7, 1.2]) instead of at 1. Computed in `dtype`. Without `work` the result
+    is a new tensor in G's dtype; with `work` every buffer comes from it (nothing allocated per
+    call) and the result, in `dtype`, is one of them: valid until the next call on the same
+    workspace. `coeffs`: (a, b, c), the quintic by default (CUBIC_COEFFS: the cubic).
+    norm="schatten4": X0 = G / max(||G Gᵀ||_F^(1/2), eps). out_dtype (without `work`): the
+    result's dtype, G's by default; the matrix engine asks for `dtype` itself, which holds the
+    result exactly (no cast back to float32 and down again for the all-gather).
+    """
+    return polar_iteration(G, odd_polynomial, [coeffs] * steps, eps, dtype, norm, work=work,
+                           out_dtype=out_dtype)
 
 
 def _svd(G: Tensor):
@@ -242,24 +271,6 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
     if p == 0.25:
         Y = _square_root_power(Y, steps)
     return (Y * norm.pow(p)).to(X.dtype)
-
-
-def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5,
-                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7,
-                  work: Workspace | None = None, norm: str = "frobenius",
-                  out_dtype: torch.dtype | None = None) -> Tensor:
-    """Polar factor of G: approximately by Newton-Schulz (in `work`: see newton_schulz; `norm`:
-    its starting scale), or exactly (method='svd'). out_dtype: the iterations' result dtype (G's
-    by default; `dtype` holds it exactly); the SVD's is G's."""
-    if method in COEFFS:             # the quintic, or the cubic (ns=cubic)
-        return newton_schulz(G, steps, eps=eps, dtype=dtype, work=work, coeffs=COEFFS[method],
-                             norm=norm, out_dtype=out_dtype)
-    if method == "svd":
-        return polar_svd(G)
-    if method in polar.METHODS:      # optim/polar.py: Polar Express, Gram Newton-Schulz
-        return polar.orthogonalize(G, method, steps, dtype=dtype, eps=eps, out_dtype=out_dtype)
-    raise UserError(f"unknown orthogonalization {method!r}: set optimizer.ns to "
-                    "polar_express, gram, cubic, newton_schulz or svd")
 
 
 def taylor_power(X: Tensor, p: float, polar, eps: float = 1e-7) -> Tensor:

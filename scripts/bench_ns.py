@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from optim import spectral  # noqa: E402
+from optim import polar  # noqa: E402
 
 SHAPES = [(768, 768), (768, 3072), (3072, 768)]
 METHODS = ("newton_schulz", "polar_express", "gram")
@@ -76,7 +76,7 @@ def main(argv=None):
         row = []
         for method in METHODS:
             def call():
-                return spectral.orthogonalize(G, method=method, steps=args.steps, dtype=dtype)
+                return polar.orthogonalize(G, method=method, steps=args.steps, dtype=dtype)
             ms = timed(call, repeats)
             err = (torch.linalg.svdvals(call().double().cpu()) - 1).abs().amax().item()
             row += [f"{ms:.1f}", f"{err:.3f}"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from optim import OptimizerConfig, build_optimizer, polar, spectral
+from optim import OptimizerConfig, build_optimizer, polar
 from optim.rules import apply_update, shape_scale
 
 from test_distributed_optim import (Matrices as RankMatrices, assert_same_on_every_rank, config,
@@ -131,7 +131,7 @@ def test_polar_kernels_equal_their_float64_reference(method, shape, steps):
     """In float64 both kernels are the paper's iteration (Gram NS: rewritten on the Gram matrix,
     with its restart, the same polynomials), on fresh random and ill-conditioned stacks."""
     for G in (torch.randn(4, *shape, dtype=torch.float64), ill_conditioned(*shape, 1e3)):
-        got = spectral.orthogonalize(G, method=method, steps=steps, dtype=torch.float64)
+        got = polar.orthogonalize(G, method=method, steps=steps, dtype=torch.float64)
         assert got.dtype == torch.float64 and got.shape == G.shape
         assert (got - polar_express64(G, steps)).abs().max() < 1e-10
 
@@ -144,7 +144,7 @@ def test_polar_express_and_gram_at_least_as_accurate_as_the_quintic(shape, cond,
     the same polynomials on the Gram matrix), on ill-conditioned inputs, in float32 and bf16:
     the polar factor's max |σ_i - 1| is no worse than Muon's (3.4445, -4.7750, 2.0315)."""
     G = ill_conditioned(*shape, cond).float()
-    err = {m: orthogonality_error(spectral.orthogonalize(G, method=m, steps=5, dtype=dtype))
+    err = {m: orthogonality_error(polar.orthogonalize(G, method=m, steps=5, dtype=dtype))
            for m in ("newton_schulz", "polar_express", "gram")}
     assert err["polar_express"] <= err["newton_schulz"], err
     assert err["gram"] <= err["newton_schulz"], err
@@ -157,9 +157,9 @@ def test_gram_restart_keeps_bf16_close_to_float64():
     close to the float64 iteration as Polar Express's plain form in bf16 (within 2x)."""
     G = ill_conditioned(64, 256, 1e2).float()
     ref = polar_express64(G, 5)
-    plain = (spectral.orthogonalize(G, method="polar_express", steps=5, dtype=torch.bfloat16)
+    plain = (polar.orthogonalize(G, method="polar_express", steps=5, dtype=torch.bfloat16)
              .double() - ref).abs().max()
-    gram = (polar.gram_newton_schulz(G, 5, dtype=torch.bfloat16).double() - ref).abs().max()
+    gram = (polar.orthogonalize(G, "gram", 5, dtype=torch.bfloat16).double() - ref).abs().max()
     assert gram < 2 * plain, (gram, plain)
 
 
@@ -420,7 +420,7 @@ def test_polar_express_matches_heavyball_msign(heavyball_eager, shape, cond):
     for ours, theirs in zip(polar.POLAR_EXPRESS_COEFFS, heavyball_eager.ABC_LIST_STABLE):
         assert ours == pytest.approx(theirs, rel=1e-14)
     G = ill_conditioned(*shape, cond=cond, stack=1, seed=11)[0]
-    ours = polar.polar_express(G, steps=10, dtype=torch.float64)
+    ours = polar.orthogonalize(G, "polar_express", 10, dtype=torch.float64)
     theirs = heavyball_eager.msign(G, 10)
     exact = polar64(G)
     assert (ours - exact).abs().max() < 1e-9 and (theirs - exact).abs().max() < 1e-9

@@ -12,6 +12,7 @@ import torch
 
 from configs.errors import UserError
 from optim import polar, spectral
+from optim.config import CHOICES
 
 # The published coefficients, written here literally (never read from the code under test):
 # Keller Jordan's quintic (Muon; modded-nanogpt, and quoted in arXiv 2505.16932 section 1.2 as
@@ -125,7 +126,7 @@ def test_polar_svd_is_exact(shape):
     small_gram = O.mT @ O if shape[-2] >= shape[-1] else O @ O.mT
     assert torch.allclose(small_gram, torch.eye(k).expand_as(small_gram), atol=1e-5)
     assert rel_err(O, gram_power_reference(X, 0)) < 1e-5
-    assert torch.equal(spectral.orthogonalize(X, method="svd"), O)
+    assert torch.equal(polar.orthogonalize(X, method="svd"), O)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -164,7 +165,7 @@ def test_p0_is_newton_schulz_and_p1_is_identity():
     X = torch.randn(2, 24, 40)
     assert torch.equal(spectral.spectral_power(X, 0), spectral.newton_schulz(X))
     assert torch.equal(spectral.spectral_power(X, 0, ns_steps=3), spectral.newton_schulz(X, 3))
-    assert torch.equal(spectral.orthogonalize(X), spectral.newton_schulz(X))
+    assert torch.equal(polar.orthogonalize(X), spectral.newton_schulz(X))
     assert spectral.spectral_power(X, 1) is X
 
 
@@ -176,8 +177,13 @@ def test_bad_input_raises_user_error():
     for rank in (0, 17):
         with pytest.raises(UserError, match=r"\[1, 16\]"):
             spectral.top_rank_polar(X, rank)
-    with pytest.raises(UserError, match="newton_schulz or svd"):
-        spectral.orthogonalize(X, method="qr")
+    with pytest.raises(UserError, match="optimizer.ns to one of newton_schulz, cubic"):
+        polar.orthogonalize(X, method="qr")
+
+
+def test_the_table_has_every_configurable_orthogonalizer():
+    """optimizer.ns's accepted names (optim/config.py, torch-free) are the table's keys."""
+    assert set(polar.ORTHOGONALIZERS) == set(CHOICES["ns"])
 
 
 @pytest.mark.parametrize("shape,rank", [((48, 32), 5), ((32, 48), 1), ((3, 24, 40), 24)])
@@ -211,7 +217,7 @@ def test_iterations_are_the_published_maps_in_float32(method, table):
     """orthogonalize in float32 against the published iteration written out in float64 (X0 =
     X / (||X||_F + 1e-7) on the short side, X <- a X + (b A + c A^2) X): float32 rounding only."""
     X = torch.randn(40, 24, dtype=torch.float64)
-    O = spectral.orthogonalize(X.float(), method=method, steps=len(table), dtype=torch.float32)
+    O = polar.orthogonalize(X.float(), method=method, steps=len(table), dtype=torch.float32)
     Y = X.T / (X.norm() + 1e-7)
     for a, b, c in table:
         A = Y @ Y.T
