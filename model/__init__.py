@@ -1,5 +1,6 @@
 """The models and their config: model/gpt.py (GPT-2), model/track3.py (modded-nanogpt Track 3's
-GPT), model/config.py (GPTConfig, torch-free). build_model picks one by model.arch.
+GPT), model/lm.py (what both share: the loss, the counts), model/config.py (GPTConfig,
+torch-free). build_model picks one by model.arch.
 `from model import GPT` imports torch; `from model.config import GPTConfig` does not."""
 from model.config import GPTConfig
 

@@ -10,10 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import GPTConfig
-
-
-def padded_vocab(vocab_size: int, multiple: int) -> int:
-    return vocab_size if multiple <= 1 else -(-vocab_size // multiple) * multiple
+from model.lm import LanguageModel, pre_norm_block
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,15 +87,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        return pre_norm_block(x, self.ln_1, self.attn, self.ln_2, self.mlp)
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.config = cfg
-        self.vocab_size = padded_vocab(cfg.vocab_size, cfg.pad_vocab_to)
+        super().__init__(cfg)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(self.vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -134,22 +128,13 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1)
-        return (logits if return_logits else None), loss
+        return self.output(self.lm_head(self.transformer.ln_f(x)), targets, return_logits)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count (the tied head counted once); without position embeddings by default."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+    def uncounted_embedding(self) -> nn.Embedding:
+        return self.transformer.wpe   # the position embedding, as nanoGPT's count
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
-        cfg, T = self.config, seq_len or self.config.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+    def attention_width(self) -> int:
+        return self.config.n_embd
 
     @torch.no_grad()
     def load_hf_state_dict(self, sd: dict) -> None:

@@ -2,8 +2,8 @@
 (records/track_3_optimization/train_gpt_simple.py), selected by model.arch=track3.
 
 A sibling of model/gpt.py rather than flags on it, so nanoGPT's readable GPT-2 stays as it is.
-Same interface as model/gpt.py's GPT (forward -> (logits, mean loss), num_params,
-flops_per_token, .config, .vocab_size). Their architecture, op for op: RMSNorm with gains after
+A LanguageModel (model/lm.py) as model/gpt.py's GPT is: forward -> (logits, mean loss),
+num_params, flops_per_token, .config, .vocab_size. Their architecture, op for op: RMSNorm with gains after
 the embedding, before each sub-block and before the head; a bias on every Linear; separate q, k,
 v with RMS-normed q and k; half-truncated RoPE; attention scale 0.12; ReLU^2 MLP; an untied head
 with a bias and the 15 tanh-like soft-cap of the logits. Their init (init_weights) draws the same
@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import GPTConfig
-from model.gpt import padded_vocab
+from model.lm import LanguageModel, pre_norm_block
 
 SOFTCAP = 15.0      # logits -> 15 x / sqrt(x^2 + 15^2)
 ATTN_SCALE = 0.12   # their attention scale, in place of 1 / sqrt(head_dim)
@@ -110,15 +110,12 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(dim)
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        return pre_norm_block(x, self.norm1, self.attn, self.norm2, self.mlp)
 
 
-class Track3GPT(nn.Module):
+class Track3GPT(LanguageModel):
     def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.config = cfg
-        self.vocab_size = padded_vocab(cfg.vocab_size, cfg.pad_vocab_to)
+        super().__init__(cfg)
         dim = cfg.n_embd
         # Their order (embed, blocks, head, norm1, norm2): construction and init_weights draw
         # from the RNG in it. Theirs: nn.Embedding(...).bfloat16(); model.embed_dtype picks.
@@ -172,20 +169,11 @@ class Track3GPT(nn.Module):
             x = block(x)
         logits = self.lm_head(self.norm2(x)).float()
         logits = SOFTCAP * logits * (logits.square() + SOFTCAP**2).rsqrt()
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1)
-        return (logits if return_logits else None), loss
+        return self.output(logits, targets, return_logits)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; by default without the token embedding (a lookup, no matmul: the
-        untied head is counted, as the position embedding is left out of GPT's count)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.embed.weight.numel() if non_embedding else n
+    def uncounted_embedding(self) -> nn.Embedding:
+        # the token embedding (the untied head is counted, as GPT leaves out its position one)
+        return self.embed
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
-        cfg, T = self.config, seq_len or self.config.block_size
-        n_heads = cfg.n_embd // cfg.head_dim
-        return 6 * self.num_params() + 12 * cfg.n_layer * n_heads * cfg.head_dim * T
+    def attention_width(self) -> int:
+        return self.config.n_embd // self.config.head_dim * self.config.head_dim
