@@ -64,7 +64,7 @@ for row in "${MODULES[@]}"; do
 source_paths = ["$module"]
 pytest_add_cli_args_test_selection = [${tests_toml%, }]
 pytest_add_cli_args = ["-q", "-p", "no:cacheprovider"]
-also_copy = ["configs", "data", "model", "optim", "sweeper", "trainer", "train.py", "sweep.py", "tests", "scripts"]
+also_copy = ["README.md", "pyproject.toml", "docs", "configs", "data", "model", "optim", "sweeper", "trainer", "train.py", "sweep.py", "tests", "scripts"]
 EOF
   (cd "$copy" && mutmut run > "$copy/run.log" 2>&1) || echo "   mutmut exited $? (see the counts)" >&2
   (cd "$copy" && mutmut results --all true > "$copy/results.txt" 2>/dev/null) || true
