@@ -733,3 +733,50 @@ def test_namo_optimizer_when_alpha_clamps_bind(lr, binds, style):
     for M, (eta, rho, _) in zip(nesterov_m(grads, mu), ref):
         W = rho * W - eta * quintic_newton_schulz(M)
     torch.testing.assert_close(model.ws[0].detach().double(), W, rtol=1e-4, atol=2e-6)
+
+
+# ---- the CPU workspace: nothing allocated or resized after the first step ---------------------
+
+@pytest.mark.parametrize("name", ["muon", "namo", "namo_d", "adamz", "msgdz", "adams", "adam",
+                                  "muonh"])
+def test_cpu_workspace_allocates_nothing_after_the_first_step(name):
+    """The workspace's point is that steps 2, 3, ... reuse the buffers of step 1: the same
+    tensors (data pointers), the update buffer among them, and no `out=` ever resized (torch
+    warns when it resizes one: a buffer of the wrong shape)."""
+    import warnings
+    model = Matrices(SHAPES, seed=5)
+    wd = 0.0 if name == "muonh" else 0.1   # the hyperball refuses a decay
+    opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.02, ns_dtype="float32",
+                                                 route="all_2d", weight_decay=wd), log=quiet)
+    grads = random_grads(list(model.parameters()), 3, seed=6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*resized.*")
+        run_updates(model, opt, grads[:1])
+        work = opt.parts["matrix"]._work
+        first = {(i, k): b.data_ptr() for i, w in work.items() for k, b in w._buffers.items()}
+        run_updates(model, opt, grads[1:])
+    later = {(i, k): b.data_ptr() for i, w in work.items() for k, b in w._buffers.items()}
+    assert first and later == first
+    if name in ("namo", "namo_d"):   # a per-parameter eta: eta D goes to "update"
+        assert any(k == "update" for _, k in first), sorted(first)
+
+
+# ---- state names: torch.optim's, so checkpoints and torch's optimizers read alike ------------
+
+@pytest.mark.parametrize("name,torch_opt", [
+    ("muon", lambda ps: torch.optim.Muon(ps, lr=0.02, momentum=0.95)),
+    ("adamz", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+])
+def test_matrix_state_is_named_as_torch_names_it(name, torch_opt):
+    """The matrix chain's per-parameter state carries torch.optim's names (momentum_buffer;
+    exp_avg, exp_avg_sq): checkpoints of earlier runs load by these names."""
+    ours, ref = Matrices(SHAPES, seed=1), Matrices(SHAPES, seed=1)
+    opt = build_optimizer(ours, OptimizerConfig(name=name, lr=0.02, ns_dtype="float32"),
+                          log=quiet)
+    ref_opt = torch_opt(list(ref.parameters()))
+    grads = random_grads(list(ours.parameters()), 1, seed=2)
+    run_updates(ours, opt, grads)
+    run_updates(ref, ref_opt, grads)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        ours_keys = set(opt.parts["matrix"].state[p])
+        assert set(ref_opt.state[q]) - {"step"} <= ours_keys, (ours_keys, set(ref_opt.state[q]))
