@@ -780,3 +780,58 @@ def test_matrix_state_is_named_as_torch_names_it(name, torch_opt):
     for p, q in zip(ours.parameters(), ref.parameters()):
         ours_keys = set(opt.parts["matrix"].state[p])
         assert set(ref_opt.state[q]) - {"step"} <= ours_keys, (ours_keys, set(ref_opt.state[q]))
+
+
+# ---- col_sum_sq: NAMO-D's column sums of squares, against float64 ----------------------------
+
+def col_sq64(X):
+    return (X.double() ** 2).sum(dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("counts", [[1], [3], [20], [1, 1], [3, 4, 1], [5, 5, 5], [9, 2, 7, 1], [2] * 9])
+def test_col_sum_sq_each_equals_float64(counts, dtype):
+    """Every grouping of the buffered path (a lone tensor, tensors packed up to SQUARE_CHUNK
+    matrices, a tensor larger than a chunk) and the unbuffered one (bf16: float32 math) gives
+    sum_i X[:, i, j]^2 per tensor, in float32 at least."""
+    import warnings
+    from optim import rules
+    g = torch.Generator().manual_seed(sum(counts))
+    tensors = [torch.randn(k, 6, 5, generator=g).to(dtype) for k in counts]
+    with warnings.catch_warnings():   # a buffer of the wrong size: torch resizes it, and warns
+        warnings.filterwarnings("error", message=".*resized.*")
+        got = rules.col_sum_sq_each(tensors)
+    assert [t.shape for t in got] == [(k, 5) for k in counts]
+    for t, x in zip(got, tensors):
+        assert t.dtype == torch.promote_types(dtype, torch.float32)
+        torch.testing.assert_close(t.double(), col_sq64(x), rtol=1e-6, atol=1e-6)
+    single = rules.col_sum_sq(torch.cat(tensors))
+    torch.testing.assert_close(single.double(), col_sq64(torch.cat(tensors)), rtol=1e-6, atol=1e-6)
+
+
+def test_col_sum_sq_each_with_mixed_dtypes_equals_float64():
+    from optim import rules
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(2, 4, 3, generator=g), torch.randn(3, 4, 3, generator=g).double()]
+    for t, x in zip(rules.col_sum_sq_each(tensors), tensors):
+        torch.testing.assert_close(t.double(), col_sq64(x), rtol=1e-6, atol=1e-6)
+
+
+def test_col_sum_sq_squares_into_one_kept_buffer():
+    """On CPU the squares go to a buffer kept per (m, n, dtype), reused by the next call of the
+    same size or smaller (no new temporary a step)."""
+    from optim import rules
+    m, n = 7, 11   # a shape no other test uses
+    rules._SQUARES.pop((m, n, torch.float32), None)
+    X = torch.randn(3, m, n)
+    rules.col_sum_sq(X)
+    buf = rules._SQUARES[(m, n, torch.float32)]
+    assert buf.shape == (3, m, n)
+    ptr = buf.data_ptr()
+    rules.col_sum_sq(X)
+    rules.col_sum_sq_each([X[:1], X[1:]])
+    assert rules._SQUARES[(m, n, torch.float32)].data_ptr() == ptr
+    # two tensors that fill a chunk exactly go through one op: one buffer of SQUARE_CHUNK
+    half = rules.SQUARE_CHUNK // 2
+    rules.col_sum_sq_each([torch.randn(half, m, n), torch.randn(half, m, n)])
+    assert len(rules._SQUARES[(m, n, torch.float32)]) == 2 * half
