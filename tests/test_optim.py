@@ -835,3 +835,67 @@ def test_col_sum_sq_squares_into_one_kept_buffer():
     half = rules.SQUARE_CHUNK // 2
     rules.col_sum_sq_each([torch.randn(half, m, n), torch.randn(half, m, n)])
     assert len(rules._SQUARES[(m, n, torch.float32)]) == 2 * half
+
+
+# ---- the transforms read every knob of their group ---------------------------------------------
+
+def quintic64(x, steps, eps, norm):
+    """newton_schulz64 with optimizer.ns_norm's start: X / (||X||_F + eps), or schatten4's
+    X / max(||X Xᵀ||_F^(1/2), eps); float64."""
+    x = x.double()
+    tall = x.shape[0] > x.shape[1]
+    y = x.T if tall else x
+    scale = y.norm() + eps if norm == "frobenius" else torch.clamp((y @ y.T).norm().sqrt(), min=eps)
+    y = y / scale
+    for _ in range(steps):
+        a = y @ y.T
+        y = 3.4445 * y + (-4.7750 * a + 2.0315 * a @ a) @ y
+    return y.T if tall else y
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 20), (2, 20, 12)])
+@pytest.mark.parametrize("norm,scale", [("frobenius", 0.1), ("schatten4", 0.01)])
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_orthogonalize_transform_reads_ns_steps_eps_norm_and_dtype(shape, norm, scale, ns_dtype):
+    """Muon's transform at 3 steps and an eps large enough to count (it binds in schatten4's
+    max), with and without a workspace: the quintic from its equations, per matrix, in float64;
+    the result in optimizer.ns_dtype."""
+    from optim import rules, spectral
+    X = scale * torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    group = dict(ns="newton_schulz", ns_steps=3, ns_dtype=ns_dtype, ns_eps=0.3, ns_norm=norm)
+    want = torch.stack([quintic64(x, 3, 0.3, norm) for x in X])
+    tol = 1e-4 if ns_dtype == "float32" else 3e-2
+    for work in (None, spectral.Workspace()):
+        got = rules.orthogonalize_transform(group, X.clone(), work)
+        assert got.dtype == getattr(torch, ns_dtype)
+        assert rel(got.double(), want) < tol
+
+
+def test_spectral_power_transform_at_p_1_and_0():
+    """p = 1 is the identity (the same tensor); p = 0 with the quintic is spectral_power's own,
+    which starts from ||X||_F whatever optimizer.ns_norm says, with the group's steps and eps."""
+    from optim import rules, spectral
+    X = 0.1 * torch.randn(3, 12, 20, generator=torch.Generator().manual_seed(2))
+    group = dict(ns="newton_schulz", ns_steps=3, ns_dtype="float32", ns_eps=0.3,
+                 ns_norm="schatten4", coupled_steps=15, power=1)
+    assert rules.spectral_power_transform(group, X) is X
+    group["power"] = 0
+    want = torch.stack([quintic64(x, 3, 0.3, "frobenius") for x in X])
+    for work in (None, spectral.Workspace()):
+        got = rules.spectral_power_transform(group, X.clone(), work)
+        assert got.dtype == torch.float32 and rel(got.double(), want) < 1e-4
+
+
+def test_spectral_power_transform_reads_coupled_steps():
+    """p = 1/2 by the coupled iteration: more optimizer.coupled_steps converge on U Σ^(1/2) Vᵀ
+    (float64 SVD); fewer stop short of it."""
+    from optim import rules
+    X = torch.randn(2, 12, 20, generator=torch.Generator().manual_seed(3))
+    U, S, Vh = torch.linalg.svd(X.double(), full_matrices=False)
+    want = U @ torch.diag_embed(S.sqrt()) @ Vh
+    err = {}
+    for steps in (2, 30):
+        group = dict(ns="newton_schulz", ns_steps=5, ns_dtype="float32", ns_eps=1e-7,
+                     ns_norm="frobenius", coupled_steps=steps, power=0.5)
+        err[steps] = rel(rules.spectral_power_transform(group, X.clone()).double(), want)
+    assert err[30] < 2e-2 < err[2], err
