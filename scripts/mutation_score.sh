@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Mutation score of the numerical core (mutmut 3: pip install mutmut). Each module is mutated in
 # a scratch copy of this checkout and every mutant is run against that module's fast tests only
-# (the MODULES table), so a full run fits in a session on 2 cores; the report (score per module,
-# every surviving mutant with its diff) goes to docs/mutation_score.md. A script, not part of CI.
+# (the MODULES table). Each module's result (its score row, every surviving mutant with its
+# diff) goes to docs/mutation/<module>.md as soon as that module is done, and
+# docs/mutation_score.md (every module's latest row) is rebuilt from those files: a run stopped
+# half-way keeps the modules it finished, and a later run takes the rest by naming them.
+# A script, not part of CI.
 #
 #   bash scripts/mutation_score.sh                      # every module of the table
 #   bash scripts/mutation_score.sh sweeper/paired.py    # the modules named (as in the table)
@@ -10,21 +13,22 @@
 #
 # Score = killed / (killed + survived + timeout + no test), mutmut's verdicts; a mutant no test
 # reaches counts against the module. Survivors that are equivalent (no behaviour changes) are
-# listed as such in docs/mutation_score.md by hand, with the reason.
+# named in docs/mutation/EQUIVALENT.md by hand, each with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 OUT=${OUT:-$REPO/docs/mutation_score.md}
+PER_MODULE=${PER_MODULE:-$REPO/docs/mutation}
 
 # module | its fast tests (pytest node ids or files, space-separated)
 MODULES=(
-  "optim/rules.py|tests/test_optim.py tests/test_muon_family.py tests/test_track3_wrappers.py"
+  "optim/rules.py|tests/test_optim.py tests/test_muon_family.py tests/test_track3_wrappers.py tests/test_hyperball.py"
   "optim/spectral.py|tests/test_spectral.py"
   "optim/polar.py|tests/test_muon_family.py tests/test_spectral.py"
   "optim/dion.py|tests/test_dion.py"
   "optim/muon_variants.py|tests/test_muon_family.py"
   "sweeper/paired.py|tests/test_paired.py"
-  "sweeper/speedup.py|tests/test_sweep.py"
+  "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py"
   "sweeper/stages.py|tests/test_stages.py tests/test_coordinate_descent.py"
   "trainer/checkpoint.py|tests/test_train.py tests/test_run_dir.py tests/test_gpu_engineering.py"
   "trainer/loop.py|tests/test_train.py tests/test_gpu_engineering.py"
@@ -36,19 +40,35 @@ export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$REPO/../shared/tiktoken-cache}
 export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 wanted=("$@")
+for w in "${wanted[@]}"; do
+  printf '%s\n' "${MODULES[@]}" | grep -q "^$w|" || { echo "error: $w is not in the MODULES table of $0; use one of: $(printf '%s ' "${MODULES[@]%%|*}")" >&2; exit 2; }
+done
 work=$(mktemp -d /tmp/mutation.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-{
-  echo "# Mutation score of the numerical core"
-  echo
-  echo "\`bash scripts/mutation_score.sh\` (mutmut $(python -c 'import mutmut; print(mutmut.__version__)'), $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD))."
-  echo "Each module's mutants run against its fast tests only. Score = killed / all mutants"
-  echo "(survived, timed out and untested count against it)."
-  echo
-  echo "| module | tests | mutants | killed | survived | timeout | no test | score |"
-  echo "|---|---|---|---|---|---|---|---|"
-} > "$work/table.md"
-: > "$work/survivors.md"
+mkdir -p "$PER_MODULE"
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo "+edits")
+version=$(python -c 'import mutmut; print(mutmut.__version__)')
+
+summary() {   # docs/mutation_score.md from the per-module files, in the table's order
+  {
+    echo "# Mutation score of the numerical core"
+    echo
+    echo "\`bash scripts/mutation_score.sh [module ...]\` (mutmut $version). Each module's mutants run"
+    echo "against its fast tests only (the MODULES table of the script). Score = killed / all"
+    echo "mutants (survived, timed out and untested count against it). Each row is that module's"
+    echo "latest run: its commit and date, and every survivor's diff, are in its file under"
+    echo "docs/mutation/; the survivors found equivalent are named in docs/mutation/EQUIVALENT.md."
+    echo
+    echo "| module | tests | mutants | killed | survived | timeout | no test | score | run |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for row in "${MODULES[@]}"; do
+      f="$PER_MODULE/$(echo "${row%%|*}" | tr '/' '_').md"
+      if [ -f "$f" ]; then sed -n 's/^<!-- row: \(.*\) -->$/\1/p' "$f"
+      else echo "| \`${row%%|*}\` | ${row#*|} | | | | | | not run yet | |"; fi
+    done
+    [ -f "$PER_MODULE/EQUIVALENT.md" ] && { echo; cat "$PER_MODULE/EQUIVALENT.md"; }
+  } > "$OUT.tmp" && mv "$OUT.tmp" "$OUT"
+}
 
 for row in "${MODULES[@]}"; do
   module=${row%%|*}; tests=${row#*|}
@@ -58,14 +78,14 @@ for row in "${MODULES[@]}"; do
   git clone -q "$REPO" "$copy"
   git -C "$REPO" diff HEAD | git -C "$copy" apply --allow-empty 2>/dev/null || true   # uncommitted edits too
   tests_toml=$(printf '"%s", ' $tests)
-  cat >> "$copy/pyproject.toml" <<EOF
-
-[tool.mutmut]
-source_paths = ["$module"]
-pytest_add_cli_args_test_selection = [${tests_toml%, }]
-pytest_add_cli_args = ["-q", "-p", "no:cacheprovider"]
-also_copy = ["README.md", "pyproject.toml", "docs", "configs", "data", "model", "optim", "sweeper", "trainer", "train.py", "sweep.py", "tests", "scripts"]
-EOF
+  {
+    echo
+    echo "[tool.mutmut]"
+    echo "source_paths = [\"$module\"]"
+    echo "pytest_add_cli_args_test_selection = [${tests_toml%, }]"
+    echo 'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider"]'
+    echo 'also_copy = ["README.md", "pyproject.toml", "docs", "configs", "data", "model", "optim", "sweeper", "trainer", "train.py", "sweep.py", "tests", "scripts"]'
+  } >> "$copy/pyproject.toml"
   (cd "$copy" && mutmut run > "$copy/run.log" 2>&1) || echo "   mutmut exited $? (see the counts)" >&2
   (cd "$copy" && mutmut results --all true > "$copy/results.txt" 2>/dev/null) || true
   killed=$(grep -c ': killed' "$copy/results.txt" || true)
@@ -73,19 +93,31 @@ EOF
   timeout=$(grep -c ': timeout' "$copy/results.txt" || true)
   notest=$(grep -c ': no tests' "$copy/results.txt" || true)
   total=$((killed + survived + timeout + notest))
-  score=$(python -c "print(f'{100 * $killed / $total:.1f}%' if $total else '-')")
-  echo "| \`$module\` | $(echo $tests | sed 's/tests\///g') | $total | $killed | $survived | $timeout | $notest | $score |" >> "$work/table.md"
-  echo "   $module: $killed / $total killed ($score)" >&2
-  if [ -z "${QUICK:-}" ]; then
-    echo -e "\n## \`$module\`: survivors\n" >> "$work/survivors.md"
-    grep -E ': (survived|no tests|timeout)' "$copy/results.txt" | while read -r name verdict; do
-      name=${name%:}
-      echo -e "\n### ${name} (${verdict})\n\n\`\`\`diff" >> "$work/survivors.md"
-      (cd "$copy" && mutmut show "$name" 2>/dev/null | sed -n '2,40p') >> "$work/survivors.md"
-      echo '```' >> "$work/survivors.md"
-    done
+  if [ "$total" -eq 0 ]; then
+    echo "   $module: no mutant ran, its file is left as it was; the end of mutmut's log:" >&2
+    tail -5 "$copy/run.log" >&2
+    rm -rf "$copy"; continue
   fi
+  score=$(python -c "print(f'{100 * $killed / $total:.1f}%')")
+  f="$PER_MODULE/$(echo "$module" | tr '/' '_').md"
+  {
+    echo "<!-- row: | \`$module\` | $(echo $tests | sed 's/tests\///g') | $total | $killed | $survived | $timeout | $notest | $score | $commit, $(date -u +%Y-%m-%d) | -->"
+    echo "# \`$module\`: $killed of $total mutants killed ($score)"
+    echo
+    echo "mutmut $version, commit $commit, $(date -u +%Y-%m-%d), against: $tests."
+    echo "Every mutant that survived, timed out or reached no test, with its diff."
+    if [ -z "${QUICK:-}" ]; then
+      grep -E ': (survived|no tests|timeout)' "$copy/results.txt" | while read -r name verdict; do
+        name=${name%:}
+        echo -e "\n## ${name} (${verdict})\n\n\`\`\`diff"
+        (cd "$copy" && mutmut show "$name" 2>/dev/null | sed -n '2,40p')
+        echo '```'
+      done
+    fi
+  } > "$f.tmp" && mv "$f.tmp" "$f"
+  echo "   $module: $killed / $total killed ($score) -> $f" >&2
+  summary
   rm -rf "$copy"
 done
-cat "$work/table.md" "$work/survivors.md" > "$OUT"
+summary
 echo "wrote $OUT" >&2
