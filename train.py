@@ -154,6 +154,10 @@ def run(cfg_node) -> dict:
             progress.step, progress.best_val, history = checkpoint.restore(
                 out_dir, model=model, optimizer=optimizer, scaler=scaler, device=device,
                 config=config, tail_ema=tail_ema)
+            if progress.step > t.max_iters:   # it would "complete" and rewrite its summary
+                raise UserError(f"out_dir={out_dir} holds a run checkpointed at step "
+                                f"{progress.step}, past train.max_iters={t.max_iters}: pass "
+                                f"train.max_iters >= {progress.step} to go on, or a new out_dir")
             log(f"resumed from {out_dir / checkpoint.FILE} at step {progress.step}")
         record = provenance(env) if env.is_main else {}
         sent = set()   # (step, is a train record) of the records a resumed run sent before

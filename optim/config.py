@@ -166,7 +166,7 @@ class OptimizerConfig:
             bad("power", "is not in the spectral family; use one of 1, 0.5, 0.25, 0")
         if not 0 <= self.shampoo_beta < 1:
             bad("shampoo_beta", "must be in [0, 1)")
-        for key in ("precondition_frequency", "power_steps"):
+        for key in ("precondition_frequency", "power_steps", "ns_steps", "coupled_steps"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, "must be an integer >= 1")
         for key in ("grad_divisor", "power_width", "soap_eps"):

@@ -275,6 +275,9 @@ class SweepConfig:
             raise UserError(f"sweep.metric={self.metric!r} is not one of {', '.join(METRICS)}")
         if self.launcher not in LAUNCHERS:
             raise UserError(f"sweep.launcher={self.launcher!r} is not one of {', '.join(LAUNCHERS)}")
+        if self.resolve is not None and not self.resolve > 0:
+            raise UserError(f"sweep.resolve={self.resolve} must be > 0 (the smallest difference that "
+                            "counts), or null for the metric's own")
         if self.tolerance < 0:
             raise UserError(f"sweep.tolerance={self.tolerance} must be >= 0")
         shared = sorted(set(self.seeds) & set(self.confirm_seeds))

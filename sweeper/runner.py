@@ -228,6 +228,18 @@ def record_exit(run_dir: Path, rc: int, stopped: bool = False) -> str:
     return status
 
 
+def bad_input_error(run_dir: Path) -> Optional[str]:
+    """The one-line error of a run that failed on bad input (exit code 2, or under torchrun a
+    rank's `error: ...` line), from its exit.json; None for any other end. Bad input is the
+    sweep's, not the point's: every run would fail the same way."""
+    ended = read_json(run_dir / "exit.json") or {}
+    error = ended.get("error") or ""
+    if ended.get("status") != Status.FAILED or not (ended.get("returncode") == 2
+                                                     or ": error: " in error):
+        return None
+    return error.split(": error: ", 1)[-1]
+
+
 def stop_runs(running: dict[str, Launched], runs_dir: Path, grace_s: float = STOP_GRACE_S) -> None:
     """Ctrl-C: SIGINT to each run's process group (torchrun passes it on to its workers), which
     ends its step, writes its checkpoint and summary.json (status interrupted); SIGKILL after
@@ -308,6 +320,11 @@ def run_points(plan: Plan, points: list[Point], backend: Backend,
                 if status != Status.COMPLETED:
                     bar.write(backend.ended_line(rid, handle, status))
                 on_end()
+                if status == Status.FAILED and (line := bad_input_error(cfg.path / "runs" / rid)):
+                    backend.interrupted(live, bar)
+                    bar.close()
+                    raise UserError(f"run {rid} failed on bad input, which every run shares, so "
+                                    f"the sweep stopped: {line}")
             backend.launch(todo, live, bar)
             bar.set_postfix_str(backend.postfix(todo, live), refresh=False)
             bar.refresh()

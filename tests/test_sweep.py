@@ -302,13 +302,32 @@ def test_failed_torchrun_run_carries_its_rank_own_error(tmp_path, small_text, mo
                     "time.sleep(120)   # rank 0 waits, as in a collective, until torchrun stops it\n")
     monkeypatch.setattr(runner, "TRAIN_SCRIPT", fake)
     d = tmp_path / "sw"
+    # a rank's `error: ...` line is bad input: the sweep stops with it (exit 2)
     assert sweep.main(tiny_args(tmp_path, small_text, "sweep.lrs=[1e-3]", "sweep.optimizers=[adamw]",
                                 "sweep.jobs=1", "sweep.nproc_per_run=2",
-                                "train.grad_accum_steps=2")) == 0
+                                "train.grad_accum_steps=2")) == 2
     row = results(d)[0]
     assert row["status"] == "failed"
     assert row["error"].endswith("error: rank 1 refuses on purpose; pass another input"), row["error"]
+    assert sweep.main(["report", f"sweep.dir={d}"]) == 0
     assert "error: rank 1 refuses on purpose" in (d / "report.md").read_text()
+
+
+def test_a_sweep_stops_at_its_first_bad_input_run(tmp_path, small_text, monkeypatch, capsys):
+    """A run that exits 2 (bad input, shared by every run) stops the sweep there: one error line
+    naming the run and its own line, exit 2, and no other run launched."""
+    fake = tmp_path / "refuse.py"
+    fake.write_text("import sys\nprint('error: data.source=x does not exist; pass a file', "
+                    "file=sys.stderr)\nsys.exit(2)\n")
+    monkeypatch.setattr(runner, "TRAIN_SCRIPT", fake)
+    d = tmp_path / "sw"
+    assert sweep.main(tiny_args(tmp_path, small_text, "sweep.lrs=[1e-3,2e-3,4e-3]",
+                                "sweep.optimizers=[adamw]", "sweep.jobs=1")) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "failed on bad input" in err[0], err
+    assert err[0].endswith("data.source=x does not exist; pass a file"), err[0]
+    assert len(list(d.glob("runs/*/exit.json"))) == 1
+    assert [r["status"] for r in results(d)] == ["failed"]
 
 
 # ---------------------------------------------------------------------------------------------
