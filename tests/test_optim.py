@@ -217,11 +217,16 @@ def test_namo_weight_decay(name, style):
     assert rel(decayed, want * w0) < 1e-5
 
 
-def test_split_qkv_is_three_matrices():
+@pytest.mark.parametrize("name", ["namo_d", "namo"])
+def test_split_qkv_is_three_matrices(name):
+    """A packed q/k/v weight steps as three matrices, each sized by its own gradient (q's 100x
+    the others' here)."""
     C = 16
     grads = random_grads([torch.empty(3 * C, C)], 3, seed=5)
+    for g in grads:
+        g[0][:C] *= 100.0
     packed = Matrices([(3 * C, C)], zero=True)
-    cfg = OptimizerConfig(name="namo_d", lr=0.01, clamp_c=0.5, split_qkv=True,
+    cfg = OptimizerConfig(name=name, lr=0.01, clamp_c=0.5, split_qkv=True,
                           qkv_patterns=["ws.0"])
     run_updates(packed, build_optimizer(packed, cfg, log=quiet), grads)
     three = Matrices([(C, C)] * 3, zero=True)
@@ -899,3 +904,61 @@ def test_spectral_power_transform_reads_coupled_steps():
                      ns_norm="frobenius", coupled_steps=steps, power=0.5)
         err[steps] = rel(rules.spectral_power_transform(group, X.clone()).double(), want)
     assert err[30] < 2e-2 < err[2], err
+
+
+# The per-matrix state a checkpoint holds, by name: the checkpoint format (a renamed key would
+# leave every earlier run unable to resume), torch.optim's names where torch has the state.
+STATE_KEYS = {
+    "muon": {"momentum_buffer", "step"}, "msgd": {"momentum_buffer", "step"},
+    "msgds": {"momentum_buffer", "step"}, "muon_svd": {"momentum_buffer", "step"},
+    "namo": {"grad_norm_sq", "momentum_buffer", "step"},
+    "namo_d": {"col_grad_norm_sq", "momentum_buffer", "step"},
+    "adamz": {"exp_avg", "exp_avg_sq", "step"}, "adams": {"exp_avg", "exp_avg_sq", "step"},
+    "normuon": {"momentum_buffer", "row_second_moment", "step"},
+    "adamuon": {"momentum_buffer", "step", "update_second_moment"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_KEYS))
+def test_the_matrix_state_keeps_its_checkpoint_names(name):
+    model = Matrices(SHAPES, seed=1)
+    opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.02, ns_dtype="float32"),
+                          log=quiet)
+    run_updates(model, opt, random_grads(list(model.parameters()), 1, seed=2))
+    for p in model.parameters():
+        assert set(opt.parts["matrix"].state[p]) == STATE_KEYS[name]
+
+
+@pytest.mark.parametrize("name,clamp_c", [("namo", 0.75), ("namo_d", 0.0), ("namo_d", 0.75)])
+def test_a_zero_gradient_gives_a_finite_step(name, clamp_c):
+    """A matrix whose gradient is all zero (a frozen or unused weight) next to live ones of its
+    shape: its update is finite (weight decay only), NAMO-D's column mean of 0 included."""
+    model = Matrices([(16, 8)] * 3, seed=1)
+    opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.02, ns_dtype="float32",
+                                                 clamp_c=clamp_c), log=quiet)
+    grads = random_grads(list(model.parameters()), 2, seed=2)
+    for step in grads:
+        step[1].zero_()
+    for update in run_updates(model, opt, grads):
+        assert all(torch.isfinite(u).all() for u in update)
+
+
+def test_namo_sizes_each_matrix_of_a_stack_by_its_own_norm():
+    """NAMO's adaptive size uses each matrix's own gradient norm: matrices stacked by shape
+    whose gradients differ 100x in scale step as each would alone."""
+    shapes = [(16, 8)] * 3
+    together = Matrices(shapes, seed=1)
+    opt = build_optimizer(together, OptimizerConfig(name="namo", lr=0.02, ns_dtype="float32"),
+                          log=quiet)
+    grads = random_grads(list(together.parameters()), 3, seed=2)
+    for step in grads:
+        step[0].mul_(100.0)
+    joint = run_updates(together, opt, grads)
+    for i in range(3):
+        alone = Matrices([shapes[i]], seed=1)
+        alone.ws[0].data.copy_(Matrices(shapes, seed=1).ws[i].data)
+        opt_i = build_optimizer(alone, OptimizerConfig(name="namo", lr=0.02, ns_dtype="float32"),
+                                log=quiet)
+        single = run_updates(alone, opt_i, [[step[i]] for step in grads])
+        for t in range(3):
+            assert rel(joint[t][i], single[t][0]) < 1e-5
