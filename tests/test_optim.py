@@ -762,8 +762,11 @@ def test_cpu_workspace_allocates_nothing_after_the_first_step(name):
         run_updates(model, opt, grads[1:])
     later = {(i, k): b.data_ptr() for i, w in work.items() for k, b in w._buffers.items()}
     assert first and later == first
-    if name in ("namo", "namo_d"):   # a per-parameter eta: eta D goes to "update"
-        assert any(k == "update" for _, k in first), sorted(first)
+    # the stack, Newton-Schulz's four buffers (X, its ping-pong Y, the Gram A, the polynomial
+    # B), and with a per-parameter eta (NAMO, NAMO-D) eta D's
+    names = {"stack", "ns_x", "ns_y", "ns_a", "ns_b"} | ({"update"} if name in ("namo", "namo_d") else set())
+    if name in ("muon", "namo", "namo_d", "muonh"):
+        assert all({k for (j, k) in first if j == i} == names for i in work), sorted(first)
 
 
 # ---- state names: torch.optim's, so checkpoints and torch's optimizers read alike ------------
