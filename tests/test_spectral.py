@@ -223,3 +223,41 @@ def test_iterations_are_the_published_maps_in_float32(method, table):
         A = Y @ Y.T
         Y = a * Y + (b * A + c * A @ A) @ Y
     assert rel_err(O, Y.T) < 1e-5
+
+
+def coupled_by_eigenvalue(A: torch.Tensor, r: int, steps: int, eps: float) -> torch.Tensor:
+    """Guo & Higham's coupled iteration for A^(-1/r) written per eigenvalue in float64 (A = Q
+    diag(lam) Qᵀ): the ridge lam + eps ||A||_F, z = (r + 1) / (2 (1 + eps) ||A||_F), m0 = z lam,
+    x0 = z^(1/r); then t = (r + 1 - m) / r, x <- x t, m <- m t^r."""
+    A = A.double()
+    lam, Q = torch.linalg.eigh(A)
+    norm = A.norm()
+    z = (r + 1) / (2 * (1 + eps) * norm)
+    m = z * (lam + eps * norm)
+    x = torch.full_like(lam, z.item() ** (1 / r))
+    for _ in range(steps):
+        t = (r + 1 - m) / r
+        x, m = x * t, m * t**r
+    return Q @ torch.diag(x) @ Q.T
+
+
+@pytest.mark.parametrize("r,steps,eps", [(4, 3, 1e-2), (2, 5, 1e-6), (4, 15, 1e-6)])
+def test_inverse_root_coupled_is_the_iteration_per_eigenvalue(r, steps, eps):
+    """Before convergence too (3 steps), with the ridge large enough to show, each matrix of a
+    stack scaled by its own norm (one of norm below 1, one 10^6 times larger)."""
+    g = torch.Generator().manual_seed(r + steps)
+    Bs = torch.randn(2, 12, 12, generator=g, dtype=torch.float64)
+    A = Bs @ Bs.mT
+    A[0] *= 1e-3
+    A[1] *= 1e3
+    got = spectral.inverse_root_coupled(A, r, steps, eps)
+    for a, x in zip(A, got):
+        assert rel_err(x, coupled_by_eigenvalue(a, r, steps, eps)) < 1e-8
+    if r == 4:
+        assert rel_err(spectral.inverse_fourth_root_coupled(A, steps, eps), got) == 0
+
+
+def test_inverse_root_coupled_keeps_the_input_dtype():
+    A = torch.eye(8, dtype=torch.bfloat16)
+    assert spectral.inverse_root_coupled(A, 4).dtype == torch.bfloat16
+    assert torch.isfinite(spectral.inverse_root_coupled(torch.zeros(8, 8), 4)).all()
