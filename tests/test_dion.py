@@ -40,15 +40,16 @@ def reference(W, grads, lr, mu, wd, r):
     return W, M
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])   # 1e-3: R's column norms below 1
 @pytest.mark.parametrize("shape,rank", [((24, 16), None), ((16, 24), 4), ((20, 20), 7)])
-def test_dion_equals_float64_algorithm(shape, rank):
+def test_dion_equals_float64_algorithm(shape, rank, scale):
     torch.manual_seed(0)
     model = Matrices([shape]).double()
     W0 = model.w[0].detach().clone()
     cfg = OptimizerConfig(name="dion", lr=0.02, momentum=0.9, weight_decay=0.1, rank=rank,
                           route="patterns", matrix_patterns=["*"], vector_patterns=[])
     opt = build_optimizer(model, cfg, log=quiet)
-    grads = [torch.randn(shape, dtype=torch.float64) for _ in range(4)]
+    grads = [scale * torch.randn(shape, dtype=torch.float64) for _ in range(4)]
     for G in grads:
         model.w[0].grad = G.clone()
         opt.step()
@@ -144,5 +145,18 @@ def test_rank_fraction_and_checks():
     from optim.dion import dion_rank
     assert dion_rank({"matrix_shape": (64, 128), "rank": None, "rank_fraction": 0.25}) == 16
     assert dion_rank({"matrix_shape": (64, 128), "rank": 500, "rank_fraction": 1.0}) == 64
+    assert dion_rank({"matrix_shape": (128, 64), "rank": 500, "rank_fraction": 1.0}) == 64
+    assert dion_rank({"matrix_shape": (64, 128), "rank": None, "rank_fraction": 0.001}) == 1
     with pytest.raises(UserError, match="rank_fraction"):
         OptimizerConfig(name="dion", rank_fraction=0.0)
+
+
+def test_the_start_of_q_is_pinned():
+    """Q's start is the float64 QR of a Gaussian seeded by Q_SEED + 7919 n + r, cast to the
+    parameter's dtype: committed Dion results (docs/results/cpu_dion_rank) depend on it."""
+    from optim.dion import Q_SEED
+    for n, r, dtype in [(16, 4, torch.float32), (24, 24, torch.float64), (40, 3, torch.bfloat16)]:
+        g = torch.Generator().manual_seed(Q_SEED + 7919 * n + r)
+        want = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64)).Q.to(dtype)
+        got = initial_q(n, r, torch.empty(0, dtype=dtype))
+        assert got.dtype == dtype and torch.equal(got, want)
