@@ -217,3 +217,72 @@ def test_l_of_d_fit_uses_the_mean_per_budget_with_unequal_seeds():
                                 np.array([p[0] for p in pooled], dtype=np.float64),
                                 np.array([p[1] for p in pooled]), p0=(0.1, 0.5, 1.6), maxfev=50_000)
     assert abs(pg - g) > 1e-3 * abs(g)
+
+
+# ---- mean_interval, the verdict line and the edge cases, against scipy and by hand ------------
+
+def test_mean_interval_is_scipys_t_interval():
+    from scipy import stats as st
+    from sweeper.paired import mean_interval
+    values = [1.9, 2.1, 2.05, None, float("nan"), 1.95, 2.3]   # None and nan are left out
+    x = np.array([1.9, 2.1, 2.05, 1.95, 2.3])
+    for conf in (0.95, 0.8):
+        low, high = st.t.interval(conf, len(x) - 1, loc=x.mean(), scale=st.sem(x))
+        mean, lo, hi = mean_interval(values, conf)
+        assert mean == pytest.approx(x.mean(), abs=1e-12)
+        assert (lo, hi) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    assert mean_interval([3.0]) == (3.0, pytest.approx(math.nan, nan_ok=True),
+                                    pytest.approx(math.nan, nan_ok=True))
+    assert all(math.isnan(v) for v in mean_interval([None, float("inf")]))
+
+
+def test_the_verdict_lines_word_for_word():
+    from sweeper.paired import paired
+    # decided: b better (a - b > 0), n = 3
+    p = paired("muon", {0: 2.0, 1: 2.1, 2: 2.2}, "namo", {0: 1.9, 1: 1.98, 2: 2.11})
+    assert p.decided and p.winner() == "namo"
+    assert p.verdict() == (f"namo better than muon: muon - namo = {p.mean:+.4f} nats, "
+                           f"95% CI [{p.low:+.4f}, {p.high:+.4f}], p = {p.p_value:.2g}, n = 3")
+    # a tie: what it could resolve at the measured std, at resolve= and at |mean|
+    t = paired("x", {0: 1.0, 1: 2.0, 2: 1.5}, "y", {0: 1.2, 1: 1.7, 2: 1.5997})   # mean 1e-4
+    assert not t.decided and t.winner() is None
+    line = t.verdict(unit="steps", digits=2, resolve=0.5)
+    assert line.startswith(f"tie at this budget: x - y = {t.mean:+.2f} steps, 95% CI [")
+    need = seeds_to_resolve(t.std, 0.5)
+    assert seeds_to_resolve(t.std, abs(t.mean)) is None
+    assert line.endswith(f"; resolvable here: differences beyond {t.half_width:.2f} steps; at the "
+                         f"measured std {t.std:.2f} of the differences, resolving 0.50 steps: "
+                         f"{need} seeds / 0.00 steps: more than 10000 seeds"), line
+    # one shared seed: no interval
+    one = paired("x", {0: 1.0}, "y", {0: 1.5, 1: 1.0})
+    assert one.verdict() == "x - y = -0.5000 nats on 1 shared seed(s): no interval, undecided"
+    # two seeds are enough for an interval
+    two = paired("x", {0: 1.0, 1: 1.1}, "y", {0: 2.0, 1: 2.11})
+    assert two.n == 2 and two.decided and "undecided" not in two.verdict()
+
+
+def test_paired_when_the_differences_do_not_vary():
+    """std 0: p = 0 for a nonzero mean (the interval is a point away from 0), 1 for none."""
+    from sweeper.paired import paired
+    shifted = paired("x", {0: 1.0, 1: 2.0, 2: 3.0}, "y", {0: 0.5, 1: 1.5, 2: 2.5})
+    assert shifted.std == 0 and shifted.p_value == 0.0 and shifted.winner() == "y"
+    same = paired("x", {0: 1.0, 1: 2.0}, "y", {0: 1.0, 1: 2.0})
+    assert same.p_value == 1.0 and not same.decided
+    assert seeds_to_resolve(0.0, 0.1) == 2 and seeds_to_resolve(0.0, 0.0) is None
+    assert seeds_to_resolve(1.0, 0.0) is None
+    # a mean between 0 and 1 that is decided: the winner is the lower one
+    p = paired("x", {0: 1.5, 1: 1.6, 2: 1.55}, "y", {0: 1.0, 1: 1.1, 2: 1.04})
+    assert 0 < p.mean < 1 and p.decided and p.winner() == "y"
+
+
+def test_seeds_to_resolve_at_its_limits():
+    """n starts at 2; `most` is the last n tried (inclusive)."""
+    from scipy import stats as st
+    # resolvable with 2 seeds exactly when t(1) std / sqrt(2) < delta
+    half2 = st.t.ppf(0.975, 1) / math.sqrt(2)
+    assert seeds_to_resolve(1.0, half2 * 1.0001) == 2
+    assert seeds_to_resolve(1.0, half2 * 0.9999) == 3
+    # with most = n the answer n is still found; with most = n - 1 it is not
+    n = seeds_to_resolve(1.0, 0.9)
+    assert seeds_to_resolve(1.0, 0.9, most=n) == n
+    assert seeds_to_resolve(1.0, 0.9, most=n - 1) is None
