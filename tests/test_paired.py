@@ -286,3 +286,21 @@ def test_seeds_to_resolve_at_its_limits():
     n = seeds_to_resolve(1.0, 0.9)
     assert seeds_to_resolve(1.0, 0.9, most=n) == n
     assert seeds_to_resolve(1.0, 0.9, most=n - 1) is None
+
+
+def test_speedup_edges():
+    """A curve that lands exactly on the target reaches it there; the asymptote itself is out
+    of reach; three budgets are enough for L(D) (exactly determined), two are a clear error."""
+    from sweeper.speedup import ScalingFit, fit_scaling
+    assert tokens_to_reach([(100, 3.0), (200, 2.5), (300, 2.0)], 2.5) == 200.0
+    assert tokens_to_reach([(100, 3.0), (200, 2.5)], 2.5) == 200.0   # on the last point
+    fit = ScalingFit(alpha=1.0, beta=0.5, gamma=2.0, scale=1e6, tokens=[], losses=[])
+    assert fit.effective_tokens(2.0) is None and fit.effective_tokens(1.9) is None
+    assert fit.effective_tokens(3.0) == pytest.approx(1e6)
+    D = [1e5, 3e5, 1e6]
+    L = [1.0 * (d / 1e6) ** -0.5 + 2.0 for d in D]
+    f3 = fit_scaling(D, L)
+    assert (f3.alpha, f3.beta, f3.gamma) == (pytest.approx(1.0, rel=1e-4), pytest.approx(0.5, rel=1e-4),
+                                             pytest.approx(2.0, rel=1e-4))
+    with pytest.raises(ValueError, match="needs 3 or more budgets, got 2"):
+        fit_scaling(D[:2], L[:2])
