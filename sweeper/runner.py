@@ -228,14 +228,15 @@ def record_exit(run_dir: Path, rc: int, stopped: bool = False) -> str:
     return status
 
 
-def bad_input_error(run_dir: Path) -> Optional[str]:
-    """The one-line error of a run that failed on bad input (exit code 2, or under torchrun a
-    rank's `error: ...` line), from its exit.json; None for any other end. Bad input is the
+def bad_input_error(run_dir: Path, torchrun: bool) -> Optional[str]:
+    """The one-line error of a run that failed on bad input (train.py's exit code 2; under
+    torchrun, which exits 1 for any failed rank, a rank's `error: ...` line, which train.py
+    prints for bad input only), from its exit.json; None for any other end. Bad input is the
     sweep's, not the point's: every run would fail the same way."""
     ended = read_json(run_dir / "exit.json") or {}
     error = ended.get("error") or ""
     if ended.get("status") != Status.FAILED or not (ended.get("returncode") == 2
-                                                     or ": error: " in error):
+                                                     or torchrun and ": error: " in error):
         return None
     return error.split(": error: ", 1)[-1]
 
@@ -320,7 +321,8 @@ def run_points(plan: Plan, points: list[Point], backend: Backend,
                 if status != Status.COMPLETED:
                     bar.write(backend.ended_line(rid, handle, status))
                 on_end()
-                if status == Status.FAILED and (line := bad_input_error(cfg.path / "runs" / rid)):
+                if status == Status.FAILED and (line := bad_input_error(
+                        cfg.path / "runs" / rid, torchrun=cfg.nproc_per_run > 1)):
                     backend.interrupted(live, bar)
                     bar.close()
                     raise UserError(f"run {rid} failed on bad input, which every run shares, so "
