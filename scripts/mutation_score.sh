@@ -10,6 +10,7 @@
 #   bash scripts/mutation_score.sh                      # every module of the table
 #   bash scripts/mutation_score.sh sweeper/paired.py    # the modules named (as in the table)
 #   QUICK=1 bash scripts/mutation_score.sh ...          # the scores only, no diffs of survivors
+#   SUMMARY_ONLY=1 bash scripts/mutation_score.sh       # rebuild docs/mutation_score.md only
 #
 # Score = killed / (killed + survived + timeout + no test), mutmut's verdicts; a mutant no test
 # reaches counts against the module. Survivors that are equivalent (no behaviour changes) are
@@ -69,6 +70,8 @@ summary() {   # docs/mutation_score.md from the per-module files, in the table's
     if [ -f "$PER_MODULE/EQUIVALENT.md" ]; then echo; cat "$PER_MODULE/EQUIVALENT.md"; fi
   } > "$OUT.tmp" && mv "$OUT.tmp" "$OUT"
 }
+
+if [ -n "${SUMMARY_ONLY:-}" ]; then summary; echo "wrote $OUT" >&2; exit 0; fi
 
 for row in "${MODULES[@]}"; do
   module=${row%%|*}; tests=${row#*|}
