@@ -283,6 +283,9 @@ class Backend(Protocol):
     def ended_line(self, rid: str, handle, status: str) -> str:
         """The bar's line on a run that ended other than completed."""
 
+    def bad_input(self, rid: str) -> Optional[str]:
+        """The one-line error of a failed run if it failed on bad input (bad_input_error)."""
+
     def postfix(self, todo: list[Point], live: dict) -> str:
         """The bar's postfix: what runs, what is left."""
 
@@ -321,8 +324,7 @@ def run_points(plan: Plan, points: list[Point], backend: Backend,
                 if status != Status.COMPLETED:
                     bar.write(backend.ended_line(rid, handle, status))
                 on_end()
-                if status == Status.FAILED and (line := bad_input_error(
-                        cfg.path / "runs" / rid, torchrun=cfg.nproc_per_run > 1)):
+                if status == Status.FAILED and (line := backend.bad_input(rid)):
                     backend.interrupted(live, bar)
                     bar.close()
                     raise UserError(f"run {rid} failed on bad input, which every run shares, so "
@@ -393,6 +395,9 @@ class LocalBackend:
 
     def ended_line(self, rid: str, run: Launched, status: str) -> str:
         return f"{rid}: {status}"
+
+    def bad_input(self, rid: str) -> Optional[str]:
+        return bad_input_error(self.runs_dir / rid, torchrun=self.plan.cfg.nproc_per_run > 1)
 
     def postfix(self, todo: list[Point], live: dict) -> str:
         return (f"running {len(live)}"

@@ -25,8 +25,8 @@ from typing import Optional
 
 from sweeper.points import Plan, Point, run_args
 from sweeper.rows import run_status
-from sweeper.runner import (STOP_GRACE_S, open_log, prepare_run, record_exit, train_command,
-                            train_env)
+from sweeper.runner import (STOP_GRACE_S, bad_input_error, open_log, prepare_run, record_exit,
+                            train_command, train_env)
 from trainer.outputs import Status, read_json, write_json
 
 JOB_FILE = "job.json"
@@ -200,6 +200,9 @@ class SubmititBackend:
 
     def earlier(self, todo: list[Point]) -> dict:
         return earlier_jobs(self.runs_dir, [p.run_id for p in todo])
+
+    def bad_input(self, rid: str) -> Optional[str]:
+        return bad_input_error(self.runs_dir / rid, torchrun=self.plan.cfg.nproc_per_run > 1)
 
     def waiting_line(self, live: dict) -> str:
         return (f"{self.plan.cfg.name}: waiting for {len(live)} job(s) of an earlier invocation: "

@@ -364,6 +364,9 @@ class StandInBackend:
         handle[0] -= 1
         return self.outcomes[rid] if handle[0] < 0 else None
 
+    def bad_input(self, rid):
+        return None
+
     def ended_line(self, rid, handle, status):
         return f"{rid} ended {status}"
 
