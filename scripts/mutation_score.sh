@@ -11,6 +11,7 @@
 #   bash scripts/mutation_score.sh sweeper/paired.py    # the modules named (as in the table)
 #   QUICK=1 bash scripts/mutation_score.sh ...          # the scores only, no diffs of survivors
 #   SUMMARY_ONLY=1 bash scripts/mutation_score.sh       # rebuild docs/mutation_score.md only
+#   MAX_CHILDREN=1 bash scripts/mutation_score.sh ...   # mutmut's parallel test runs (default: all cores)
 #
 # Score = killed / (killed + survived + timeout + no test), mutmut's verdicts; a mutant no test
 # reaches counts against the module. Survivors that are equivalent (no behaviour changes) are
@@ -89,7 +90,7 @@ for row in "${MODULES[@]}"; do
     echo 'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider"]'
     echo 'also_copy = ["README.md", "pyproject.toml", "docs", "configs", "data", "model", "optim", "sweeper", "trainer", "train.py", "sweep.py", "tests", "scripts"]'
   } >> "$copy/pyproject.toml"
-  (cd "$copy" && mutmut run > "$copy/run.log" 2>&1) || echo "   mutmut exited $? (see the counts)" >&2
+  (cd "$copy" && mutmut run ${MAX_CHILDREN:+--max-children "$MAX_CHILDREN"} > "$copy/run.log" 2>&1) || echo "   mutmut exited $? (see the counts)" >&2
   (cd "$copy" && mutmut results --all true > "$copy/results.txt" 2>/dev/null) || true
   killed=$(grep -c ': killed' "$copy/results.txt" || true)
   survived=$(grep -c ': survived' "$copy/results.txt" || true)
