@@ -29,6 +29,7 @@ import torch
 from configs import CONFIG_DIR, check, run_hydra, to_object
 from configs.errors import UserError, run_cli
 from trainer import checkpoint
+from trainer.config import RunConfig  # noqa: F401 (registers configs/config.yaml's root)
 from trainer.distributed import DistEnv, exit_rank, on_rank0, setup, teardown
 from trainer.loop import (Progress, StepLoss, StepTimer, evaluate, final_eval, finish,
                           forward_backward, optimizer_step, set_lr)

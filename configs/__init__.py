@@ -3,9 +3,11 @@
 tests, scripts).
 
 `load_config(["optimizer=namo_d", "optimizer.lr=3e-3"])` returns a validated, typed config.
-The schema (configs/schema.py) is a tree of dataclasses, so a misspelled key, a wrong type or
-an unknown group option is rejected, before any work starts, as one UserError line; run_hydra
-keeps that contract for Hydra's whole command line (-m, --cfg, --info, -sc, hydra.*).
+Its schema is a tree of dataclasses, each defined beside the code it configures and registered
+by its owner (configs/schema.py), so a misspelled key, a wrong type or an unknown group option
+is rejected, before any work starts, as one UserError line; run_hydra keeps that contract for
+Hydra's whole command line (-m, --cfg, --info, -sc, hydra.*). This package imports no other
+package of the project: every package may import it.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def _describe(exc: BaseException) -> str:
     if first.startswith("Could not override"):
         key = first.split("'")[1]
         return (f"unknown config key '{key}' (misspelled?); the keys and their types are in "
-                f"configs/schema.py, the choices in `python train.py --help`")
+                f"the config dataclasses (configs/schema.py lists them), the choices in "
+                f"`python train.py --help`")
     # Merge errors hide the reason (a type mismatch) in the chained exceptions.
     inner = exc.__cause__ or exc.__context__
     while inner is not None and (inner.__cause__ or inner.__context__) is not None \
@@ -64,8 +67,9 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
     from omegaconf import open_dict, read_write
     from omegaconf.errors import OmegaConfBaseException
 
-    from configs.schema import register_schemas
+    from configs.schema import register_schemas, root_of
 
+    root_of(config_name)   # registered by its owner's import, or a RuntimeError naming it
     register_schemas()
     overrides = list(overrides or [])
     GlobalHydra.instance().clear()
@@ -159,7 +163,6 @@ def run_directory(argv: list[str], prog: str):
     from hydra.errors import HydraException
     from hydra.main import get_args_parser
 
-    from trainer.outputs import make_out_dir
 
     parser = get_args_parser()
 
@@ -200,6 +203,20 @@ def run_directory(argv: list[str], prog: str):
     if run:
         make_out_dir(out_dir)
     return args, [*extra, f"hydra.run.dir='{quoted(out_dir)}'"], made
+
+
+def make_out_dir(out_dir: Path) -> Path:
+    """Create out_dir (and its parents); a path that is not a directory or cannot be created is
+    a UserError."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir={out_dir} exists and is not a directory; pass another out_dir=")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create out_dir={out_dir} ({exc.strerror}); pass another "
+                        "out_dir=") from None
+    return out_dir
 
 
 def raised_in(exc: BaseException, function: Callable) -> bool:

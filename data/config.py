@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from configs.errors import UserError
+from configs.schema import register_root
 
 
 @dataclass
@@ -111,3 +112,13 @@ class TaskConfig:
         if not 0 < round(frac * pairs) < pairs:
             raise UserError(f"task.train_fraction={frac} leaves an empty split of the {pairs} "
                             f"pairs mod {p}; use a fraction nearer 0.5 or a larger modulus")
+
+
+@dataclass
+class PrepareFile:
+    """The root of configs/prepare.yaml: `python -m data.prepare data=<name> data.<key>=...`
+    reads the data group only."""
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+register_root("prepare", PrepareFile, store_as="prepare_schema")

@@ -47,9 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.errors import UserError, run_cli
+from configs.errors import UserError, run_cli, write_atomic, write_error
 from data.sources import TABLE_FORMATS, download, local_inputs, raw_text_source, table_source
-from trainer.outputs import write_atomic, write_error
 
 SPLITS = ("train", "val")
 PIECE_CHARS = 1 << 14  # a raw text is tokenized in pieces of about this many characters
@@ -302,12 +301,13 @@ def _prepare(cfg, folder: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from configs import load_config, to_object
+    from data.config import PrepareFile  # noqa: F401 (registers configs/prepare.yaml's root)
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    return run_cli(lambda: prepare(to_object(load_config(argv)).data))
+    return run_cli(lambda: prepare(to_object(load_config(argv, config_name="prepare")).data))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The `optimizer` config group's schema: one dataclass for every registry name, its checks, and
-the param-group hyperparameters the matrix chains read. Torch-free (configs/schema.py imports it).
+the param-group hyperparameters the matrix chains read. Torch-free (trainer/config.py's RunConfig holds it).
 
 configs/optimizer/<name>.yaml sets `name` (the registry key) and that optimizer's defaults (the
 papers' GPT-2-small values); fields an optimizer does not use are ignored by its builder. A

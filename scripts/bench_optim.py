@@ -56,6 +56,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import load_config, to_object  # noqa: E402
+from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
 from model import GPT, GPTConfig  # noqa: E402
 from optim import available, build_optimizer, capability, spectral  # noqa: E402
 from optim.matrix import ns_cost, param_shapes, plan  # noqa: E402

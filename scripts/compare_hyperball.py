@@ -101,6 +101,7 @@ def our_init(init: str) -> dict:
     """Our Track3GPT at compare_track3's size with model.init=init, from the same seed."""
     import compare_track3 as ct
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
     from model import build_model
     from model.config import GPTConfig
     cfg = to_object(load_config(ct.OURS + [f"model.init={init}"]))
@@ -141,6 +142,7 @@ def run_theirs(checkout: Path, name: str) -> dict:
 def run_ours(name: str, dtype=torch.float32) -> dict:
     """Our name on the same matrices, the YAML's hyperparameters with NS in float32."""
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
     from optim import build_optimizer
     cfg = to_object(load_config([f"optimizer={name}", "optimizer.ns_dtype=float32"])).optimizer
     model = torch.nn.Module()

@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from configs.errors import UserError  # noqa: E402
-from configs.schema import COMPILE, DTYPES  # noqa: E402
+from trainer.config import COMPILE, DTYPES  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from trainer.precision import Precision, resolve_precision  # noqa: E402
 

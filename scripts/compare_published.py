@@ -326,6 +326,7 @@ def shared_inputs(text: Path, work: Path):
     """The batches our task draws at this size (ReplayTask's order), its vocabulary, and the
     initial weights our model draws from SEED."""
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
     from data.task import build_task
     from model.config import GPTConfig
     from model.gpt import GPT

@@ -145,6 +145,7 @@ class Matrices(torch.nn.Module):
 
 def run_ours(name: str, init: dict, grads: list[dict], overrides=None) -> list[dict]:
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
     from optim.registry import build_optimizer
     cfg = to_object(load_config(overrides or OVERRIDES[name])).optimizer
     model = Matrices(init)

@@ -265,6 +265,7 @@ def main() -> None:
 
 def our_model():
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
     from model import build_model
     from model.config import GPTConfig
     cfg = to_object(load_config(OURS))
@@ -275,6 +276,7 @@ def our_model():
 def shared_batches(text: Path, work: Path):
     """Our task's batches at this size (random windows of Tiny Shakespeare's characters)."""
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
     from data.task import build_task
     cfg = to_object(load_config([*OURS, "optimizer=track3_baseline", "data=shakespeare_char",
                                  f"data.source={text}", f"data.root={work / 'data'}"]))

@@ -1,7 +1,8 @@
 """The schema of sweep.py and what a sweep ranks by: SweepConfig (configs/sweep.yaml, the presets
 configs/sweep/*.yaml, overridden by sweep.*) with its SLURM resources (SlurmConfig, sweep.slurm.*,
 for sweeper/slurm.py), its checks, its loading from the command line, and the Metric of each
-`sweep.metric` (METRICS). Torch-free: configs/schema.py imports it.
+`sweep.metric` (METRICS), and SweepFile, the root of configs/sweep.yaml (registered with
+configs/schema.py on import). Torch-free.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from configs.errors import UserError
+from configs.schema import register_root
 from trainer.outputs import Status
 
 
@@ -364,6 +366,11 @@ def lr_grids(cfg: SweepConfig) -> Dict[str, List[float]]:
     return grids
 
 
+def override_key(arg: str) -> str:
+    """The key of a command-line override: `+a.b=1` -> `a.b`."""
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
 def load_sweep(sweep_args: List[str]):
     """The SweepConfig of `sweep=<preset> sweep.<key>=...` (lrs on the command line clears
     lr_grid; optimizers there drops the preset's grid_points_by_optimizer of the others), and
@@ -372,7 +379,6 @@ def load_sweep(sweep_args: List[str]):
     from omegaconf import open_dict
 
     from configs import load_config, to_object
-    from sweeper.points import override_key
 
     # Hydra merges a dict given on the command line into the preset's and refuses new keys
     # without `++`; the sweep's dicts (sweep.grid={...}, sweep.lr_grid={...},
@@ -408,3 +414,12 @@ def load_sweep(sweep_args: List[str]):
     if "lrs" in cli_keys:
         cfg.lr_grid = {}
     return cfg, cli_keys
+
+
+@dataclass
+class SweepFile:
+    """The root of configs/sweep.yaml."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+register_root("sweep", SweepFile, store_as="sweep_schema")

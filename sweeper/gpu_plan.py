@@ -94,6 +94,7 @@ def span(seeds: List[int]) -> str:
 def gpu_plan(sweep_args: List[str], train_args: List[str]) -> Tuple[Plan, List[Row], List[str]]:
     """The plan (checked as for a run, without the data), its rows and its notes."""
     from configs import load_config, to_object
+    from trainer.config import RunConfig  # noqa: F401,E402 (registers configs/config.yaml's root)
 
     p = plan(sweep_args, train_args, check_data=False)
     cfg = p.cfg

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from configs.errors import UserError
-from sweeper.config import SweepConfig, load_sweep, lr_grids
+from sweeper.config import SweepConfig, load_sweep, lr_grids, override_key
+from trainer.config import RunConfig  # noqa: F401 (registers configs/config.yaml's root: runs are composed here)
 
 # Keys that change how a run is launched or logged, not what it computes: left out of the run
 # id and of the sweep's identity, so that e.g. turning W&B on does not start the sweep over.
@@ -22,10 +23,6 @@ LAUNCH_KEYS = ("out_dir", "resume", "overwrite", "threads")
 SET_BY_SWEEP = ("out_dir", "resume", "overwrite")
 SWEPT = {"optimizer": "sweep.optimizers=[...]", "optimizer.lr": "sweep.lrs=[...]",
          "seed": "sweep.seeds=[...]"}
-
-
-def override_key(arg: str) -> str:
-    return arg.split("=", 1)[0].lstrip("+~")
 
 
 def is_launch_key(key: str) -> bool:

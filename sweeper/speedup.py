@@ -110,12 +110,11 @@ def eval_curve(run_dir) -> list:
 def baseline_fit(rows: list, summary, baseline: str) -> tuple[Optional[ScalingFit], list]:
     """L(D) from the baseline's budget runs and its scored runs (budget 1; `rows`: SweepRows):
     the mean of the summary's column per token budget."""
-    from sweeper.stats import scored_runs
     from sweeper.tuning import same_tuned
 
     lr, column, tuned = summary.scores[baseline].lr, summary.column, summary.curves[baseline].tuned
     runs = [r for r in rows if r.curve == baseline and r.stage == "budget"
-            and r.lr == lr and same_tuned(r, tuned)] + scored_runs(rows, baseline, lr, tuned)
+            and r.lr == lr and same_tuned(r, tuned)] + summary.scored[baseline]
     by_tokens = {}
     for r in runs:
         if r.status == Status.COMPLETED and isinstance(r.value(column), (int, float)):
@@ -127,22 +126,17 @@ def baseline_fit(rows: list, summary, baseline: str) -> tuple[Optional[ScalingFi
 
 
 def speedups(rows: list, summary, baseline: Optional[str]) -> Optional[Speedups]:
-    """Every ranked curve's speedup over `baseline` on the seeds both were scored on."""
-    from sweeper.stats import scored_runs
-
+    """Every ranked curve's speedup over `baseline` on the seeds both were scored on (the runs
+    behind each curve's scores: summary.scored)."""
     if baseline is None or baseline not in summary.scores:
         return None
-    base = {r.seed: r for r in scored_runs(rows, baseline, summary.scores[baseline].lr,
-                                           summary.curves[baseline].tuned)
-            if r.status == Status.COMPLETED}
+    base = {r.seed: r for r in summary.scored[baseline] if r.status == Status.COMPLETED}
     fit, budgets = baseline_fit(rows, summary, baseline)
     out = []
     for curve in summary.ranked:
         if curve == baseline:
             continue
-        runs = {r.seed: r for r in scored_runs(rows, curve, summary.scores[curve].lr,
-                                               summary.curves[curve].tuned)
-                if r.status == Status.COMPLETED}
+        runs = {r.seed: r for r in summary.scored[curve] if r.status == Status.COMPLETED}
         ratios, effective = {}, {}
         for seed in sorted(set(base) & set(runs)):
             target = final_eval_loss(base[seed].dir)

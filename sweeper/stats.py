@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 from sweeper.config import METRICS, Metric
 from sweeper.paired import Paired, mean_interval, paired
 from sweeper.rows import SweepRow
+from sweeper.speedup import Speedups, speedups
 from trainer.outputs import Status, read_metrics
 
 STAGE1 = ("1", "extend")      # the stages that choose the lr
@@ -124,7 +125,7 @@ class Summary:
     verdicts: List[Paired] = field(default_factory=list)    # adjacent ranked pairs
     pairs: List[Paired] = field(default_factory=list)       # every pair
     extended: Dict[str, List[float]] = field(default_factory=dict)   # lrs added by bracketing
-    speedups: Optional[object] = None   # sweeper/speedup.py's Speedups, when a baseline applies
+    speedups: Optional[Speedups] = None   # against the baseline, when one applies
     # the rows behind each curve's Scores
     scored: Dict[str, List[SweepRow]] = field(default_factory=dict)
 
@@ -243,8 +244,6 @@ def scores_of(rows: list[SweepRow], curve: str, lr: float, column: str,
 
 def summarize(rows: list[SweepRow], cfg) -> Summary:
     """The statistics of every curve, their scores, ranking and verdicts, for the sweep config."""
-    from sweeper.speedup import speedups
-
     metric = METRICS[cfg.metric]
     rows = with_targets(rows, cfg)
     column = metric.column(rows)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeper.config import METRICS
-from sweeper.points import Plan, override_key
+from sweeper.config import override_key
+from sweeper.points import Plan
 from trainer.outputs import write_atomic
 
 

@@ -12,6 +12,12 @@ SHARED = REPO.parent / "shared"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The config roots register on their owners' import (configs/schema.py): load_config in tests
+# composes run, sweep and prepare configs.
+import data.config  # noqa: E402,F401
+import sweeper.config  # noqa: E402,F401
+import trainer.config  # noqa: E402,F401
+
 # tiktoken's r50k_base works offline from the shared cache (see ../shared/README.md).
 if (SHARED / "tiktoken-cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken-cache"))

@@ -189,8 +189,9 @@ def test_l_of_d_fit_uses_the_mean_per_budget_with_unequal_seeds():
     rows += [row("muon", lr, "budget", 0, "completed", base // 4, 9.0),
              row("adamw", 2e-3, "budget", 0, "completed", base // 4, 9.0),
              row("adamw", lr, "budget", 5, "diverged", base // 2, 9.0)]
+    scored = [r for r in rows if r.curve == "adamw" and r.lr == lr and r.stage == "2"]  # 1x budget
     summary = SimpleNamespace(scores={"adamw": SimpleNamespace(lr=lr)}, column=col,
-                              curves={"adamw": SimpleNamespace(tuned={})})
+                              curves={"adamw": SimpleNamespace(tuned={})}, scored={"adamw": scored})
     fit, budgets = baseline_fit(rows, summary, "adamw")
 
     D = np.array(sorted(int(f * base) for f in law), dtype=np.float64)

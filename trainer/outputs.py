@@ -1,5 +1,4 @@
-"""The files a run writes in its out_dir, other than ckpt.pt (trainer/checkpoint.py), the one
-atomic writer every file of the project goes through, and FileLock, the flock of train.lock and
+"""The files a run writes in its out_dir, other than ckpt.pt (trainer/checkpoint.py), and FileLock, the flock of train.lock and
 of the sweeper's sweep.lock.
 
     config.yaml     the resolved config, and `provenance`  (write_atomic; trainer/provenance.py)
@@ -29,51 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from configs.errors import UserError
-
-
-def os_error_of(exc: BaseException) -> Optional[OSError]:
-    """The OSError behind `exc`: itself, or the one it was raised from or while handling
-    (torch.save turns a failed write into a RuntimeError raised while handling it)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def write_error(path: Path, exc: OSError) -> UserError:
-    """The one line for a file that cannot be written: which file, why, and what to do."""
-    why = exc.strerror or str(exc) or type(exc).__name__
-    return UserError(f"cannot write {path} ({why}); the version written before, if any, is "
-                     "unchanged: free space (or fix permissions) there and run the same command "
-                     "again (train.py: with resume=true)")
-
-
-def write_atomic(path: Path, data: Union[bytes, str, Callable]) -> None:
-    """Write `data` (bytes, text, or a function that writes to a binary file) to a temporary
-    file beside `path`, fsync it, then rename: a kill leaves the old file or the new one,
-    never half of one. A failed write (a full disk) is a UserError naming `path`."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, Exception) and (os_exc := os_error_of(exc)) is not None:
-            raise write_error(path, os_exc) from None
-        raise
+from configs import make_out_dir
+from configs.errors import UserError, os_error_of, write_atomic, write_error  # noqa: F401 (the run files' writers)
 
 
 def write_json(path: Path, obj, indent: int = 2) -> None:
@@ -186,20 +142,6 @@ class FileLock:
 
 
 TRAIN_LOCK = "train.lock"   # the trainer's own; a sweep's launcher holds sweep.lock beside it
-
-
-def make_out_dir(out_dir: Path) -> Path:
-    """Create out_dir (and its parents); a path that is not a directory or cannot be created is
-    a UserError."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"out_dir={out_dir} exists and is not a directory; pass another out_dir=")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create out_dir={out_dir} ({exc.strerror}); pass another "
-                        "out_dir=") from None
-    return out_dir
 
 
 def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, FileLock]:

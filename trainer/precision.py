@@ -8,7 +8,7 @@ the run got, in one place (train.py's run(), scripts/compare_nanogpt.py).
   - CPU: float32 and eager, the defaults before `auto` existed, so CPU runs are unchanged.
 An explicit dtype= or compile= always wins. decide() is the pure rule (tests feed it mocked
 capabilities); resolve_precision() applies it to this process's device. The names of the values
-(DTYPES, COMPILE) and the checks of a config's request live in configs/schema.py.
+(DTYPES, COMPILE) and the checks of a config's request live in trainer/config.py.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def cuda_bf16() -> bool:
 
 
 def decide(device_type: str, bf16: bool, dtype: str = "auto", compile: str = "auto") -> Precision:
-    """The rule. `dtype` and `compile` are the config's checked values (configs/schema.py:
+    """The rule. `dtype` and `compile` are the config's checked values (trainer/config.py:
     compile is auto, true or false); `bf16`: the CUDA device has native bf16."""
     cuda = device_type == "cuda"
     if dtype == "auto":
