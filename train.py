@@ -103,6 +103,19 @@ def describe(raw_model, t, env: DistEnv, accum: int, block_size: int, tokens_per
             f"{tokens_per_step} tokens/step")
 
 
+def warn_unread_keys(cfg, env) -> None:
+    """One warning line for each optimizer.* key of the command line (a Hydra job's overrides)
+    that the chosen optimizer never reads (trainer/optimizer_keys.py)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from trainer.optimizer_keys import unread_warning
+
+    if env.is_main and HydraConfig.initialized():
+        warning = unread_warning(HydraConfig.get().overrides.task, cfg.optimizer, cfg.model)
+        if warning:
+            print(warning, file=sys.stderr)
+
+
 def run(cfg_node) -> dict:
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
@@ -133,6 +146,7 @@ def run(cfg_node) -> dict:
     model = build_model(GPTConfig(**{**vars(cfg.model), "block_size": task.block_size,
                                      "vocab_size": task.vocab_size})).to(device)
     optimizer = build_optimizer(model, cfg.optimizer, log=log, zero=t.zero)
+    warn_unread_keys(cfg, env)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=precision.dtype == "float16")
