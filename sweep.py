@@ -56,7 +56,7 @@ import sys
 
 from configs.errors import UserError, run_cli
 from sweeper.config import SweepConfig, load_sweep
-from sweeper.points import plan, split_args
+from sweeper.points import plan, prepare_data, split_args
 from sweeper.report import grid_axis, write_outputs, write_results
 from sweeper.rows import collect
 from sweeper.runner import check_identity, read_sweep, record_sweep, resources
@@ -77,6 +77,8 @@ def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> in
     # SLURM jobs get their resources from sweep.slurm.*, not from this machine
     gpus, threads = resources(cfg, p.device) if cfg.launcher != "slurm" else ([], 0)
     check_identity(d, cfg.name, p.setup)
+    if cfg.launcher != "slurm":   # SLURM jobs prepare on their nodes (one at a time: a file lock)
+        prepare_data(p)
     record_sweep(p, argv)
     where = f"GPUs {','.join(gpus)}" if gpus else f"CPU, {threads} thread(s) per process"
     later = " (then bracketing, held-out seeds and budgets as results come in)" \

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from configs import to_object
 from configs.errors import UserError
 from sweeper.config import SweepConfig, load_sweep, lr_grids, override_key
 from trainer.config import RunConfig  # noqa: F401 (registers configs/config.yaml's root: runs are composed here)
@@ -211,6 +212,7 @@ class Plan:
     wandb: bool              # runs log to W&B
     max_iters: int = 0       # train.max_iters of the setup (the baseline budgets multiply it)
     device: str = "auto"     # the runs' device (a device=cpu sweep reserves no GPUs)
+    data: Optional[object] = None   # the runs' DataConfig (an lm task), for prepare_data
 
 
 def plan(sweep_args: list[str], train_args: list[str], check_data: bool = True) -> Plan:
@@ -223,5 +225,18 @@ def plan(sweep_args: list[str], train_args: list[str], check_data: bool = True) 
     launch = launch_overrides(cfg, train_args, wandb_enabled=False)
     first = validate_points(points, launch, cfg.path / "runs", cfg.nproc_per_run, check_data)
     wandb = bool(first.wandb.enabled)
+    run = to_object(first)
     return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb,
-                int(first.train.max_iters), str(first.device))
+                int(first.train.max_iters), str(first.device),
+                run.data if run.task.name == "lm" else None)
+
+
+def prepare_data(p: Plan) -> None:
+    """Prepare (or fetch) the runs' dataset once, before any run starts, through data/'s own
+    API: a source that cannot be read or downloaded is then one error line here, not the same
+    failure in every run. Already prepared: nothing to do. data.auto_prepare=false: the runs
+    refuse an unprepared dataset themselves (validate_points checked it)."""
+    from data.prepare import prepare
+
+    if p.data is not None and p.data.auto_prepare:
+        prepare(p.data, only_if_missing=True)

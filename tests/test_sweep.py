@@ -330,6 +330,35 @@ def test_a_sweep_stops_at_its_first_bad_input_run(tmp_path, small_text, monkeypa
     assert [r["status"] for r in results(d)] == ["failed"]
 
 
+def test_a_sweep_prepares_its_dataset_once_before_any_run(tmp_path, small_text, monkeypatch,
+                                                        capsys):
+    """The dataset is prepared by the sweep itself before the first run launches (the stand-in
+    train.py sees meta.json already there); a source that cannot be fetched is one error line
+    and exit 2 with no run launched."""
+    seen = tmp_path / "seen.txt"
+    fake = tmp_path / "look.py"
+    fake.write_text("import sys, pathlib\n"
+                    f"meta = pathlib.Path({str(tmp_path / 'data' / 'shakespeare_char' / 'meta.json')!r})\n"
+                    f"pathlib.Path({str(seen)!r}).write_text(str(meta.is_file()))\n"
+                    "print('error: stop here on purpose; pass another input', file=sys.stderr)\n"
+                    "sys.exit(2)\n")
+    monkeypatch.setattr(runner, "TRAIN_SCRIPT", fake)
+    assert sweep.main(tiny_args(tmp_path, small_text, "sweep.lrs=[1e-3]",
+                                "sweep.optimizers=[adamw]", "sweep.jobs=1")) == 2
+    assert seen.read_text() == "True"
+    capsys.readouterr()
+
+    # no local source and a download that cannot succeed (offline): refused before any run
+    offline = [a for a in tiny_args(tmp_path / "b", small_text, "sweep.lrs=[1e-3]",
+                                    "sweep.optimizers=[adamw]", "sweep.jobs=1")
+               if not a.startswith("data.source=")]
+    (tmp_path / "b").mkdir()
+    assert sweep.main(offline + ["data.url=http://127.0.0.1:9/tinyshakespeare.txt"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: could not download"), err
+    assert not list((tmp_path / "b" / "sw").glob("runs/*"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The scheduler's loop (runner.run_points), with a stand-in backend
 
