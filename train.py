@@ -9,7 +9,7 @@ A Hydra application (configs/config.yaml): Hydra's whole command line works (-m,
 --info, -sc, hydra.* and hydra/launcher=...); a bad input is still one `error: ...` line and
 exit code 2 (configs.run_hydra). `run(cfg)` runs one config, as sweeps and tests call it.
 Outputs in out_dir (Hydra's output directory unless given): config.yaml, metrics.jsonl,
-summary.json, ckpt.pt, .hydra/ (see README).
+summary.json, ckpt.pt, .hydra/ (see docs/configuration.md).
 SIGTERM, SIGUSR1, SIGUSR2 or SIGINT: the step ends, then ckpt.pt, summary.json (status
 interrupted) and exit code 3; run the same command with resume=true to go on (trainer/stop.py).
 """

@@ -1,5 +1,5 @@
 """The measured figures of issue 28's fidelity notes (configs/optimizer/normuon.yaml, dion.yaml,
-README's optimizer table): how far our NorMuon and Dion defaults are from the authors' released
+docs/optimizers.md's name table): how far our NorMuon and Dion defaults are from the authors' released
 code, on GPT-2 small's hidden-matrix shapes and real gradients.
 
     python scripts/fidelity_figures.py        # 2 layers, 6 gradients of 8 x 256 tokens, fp32
