@@ -31,7 +31,7 @@ MODULES=(
   "optim/muon_variants.py|tests/test_muon_family.py tests/test_hyperball.py tests/test_track3_wrappers.py tests/test_optim.py"
   "sweeper/paired.py|tests/test_paired.py"
   "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py"
-  "sweeper/stages.py|tests/test_stages.py tests/test_coordinate_descent.py"
+  "sweeper/stages.py|tests/test_stage_decisions.py tests/test_stages.py::test_extension_lr"
   "trainer/checkpoint.py|tests/test_train.py tests/test_run_dir.py tests/test_gpu_engineering.py"
   "trainer/loop.py|tests/test_train.py tests/test_gpu_engineering.py"
   "data/lm.py|tests/test_data.py tests/test_shards.py"
