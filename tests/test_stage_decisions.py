@@ -5,6 +5,7 @@ which run_stages launches them. No training: rows are SweepRows written here, an
 runs against a stand-in run_points that "finishes" each point with a loss from a formula."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -28,21 +29,22 @@ def make_plan(tmp_path, max_iters=100, **sweep) -> Plan:
     return Plan(cfg, set(), grids, list(SETUP), make_points(cfg, grids, SETUP), [], False, max_iters)
 
 
-def run_dir(tmp_path):
-    """A run directory whose config.yaml says the default weight decay is 0.1."""
-    d = tmp_path / "run"
-    d.mkdir(exist_ok=True)
-    (d / "config.yaml").write_text("optimizer:\n  weight_decay: 0.1\n")
+def run_dir(tmp_path, name="run"):
+    """A run directory whose config.yaml says the default weight decay is 0.1 (momentum 0.9)."""
+    d = tmp_path / "runs" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text("optimizer:\n  weight_decay: 0.1\n  momentum: 0.9\n")
     return d
 
 
-def row(tmp_path, opt, lr, seed, loss, stage="1", tuned=None, full=None, status=None) -> SweepRow:
+def row(tmp_path, opt, lr, seed, loss, stage="1", tuned=None, full=None, status=None,
+        grid=None) -> SweepRow:
     """A finished run; loss None: diverged."""
-    tuned = dict(tuned or {})
-    point = make_point(opt, lr, seed, {}, SETUP, stage, tuned=tuned)
-    return SweepRow(point.run_id, curve_label(opt, {}), opt, lr, seed, stage, run_dir(tmp_path),
-                    status or ("completed" if loss is not None else "diverged"), tuned=tuned,
-                    final_val_loss=loss, final_val_loss_full=full)
+    tuned, grid = dict(tuned or {}), dict(grid or {})
+    point = make_point(opt, lr, seed, grid, SETUP, stage, tuned=tuned)
+    return SweepRow(point.run_id, curve_label(opt, grid), opt, lr, seed, stage, run_dir(tmp_path),
+                    status or ("completed" if loss is not None else "diverged"), grid=grid,
+                    tuned=tuned, final_val_loss=loss, final_val_loss_full=full)
 
 
 def table(tmp_path, losses: dict, seeds=(0, 1), stage="1") -> list[SweepRow]:
@@ -284,13 +286,17 @@ class Runs:
 
     def run_points(self, plan, points, backend, on_end):
         assert plan is self.plan and backend is self.backends[-1]
+        assert len(self.calls) < 12, "run_stages keeps launching the same points"
         self.calls.append([(p.stage, p.lr, p.seed, p.tuned) for p in points])
         if len(self.calls) == self.stop_at:
             return False
         for p in points:
             if p.run_id not in self.rows:
-                self.rows[p.run_id] = row(self.tmp_path, p.optimizer, p.lr, p.seed, self.loss(p),
-                                          p.stage, p.tuned)
+                loss = self.loss(p)
+                failed = loss == "failed"
+                self.rows[p.run_id] = row(self.tmp_path, p.optimizer, p.lr, p.seed,
+                                          None if failed else loss, p.stage, p.tuned,
+                                          status="failed" if failed else None)
                 on_end()
         return True
 
@@ -383,3 +389,87 @@ def test_run_stages_through_submitit_for_other_launchers(tmp_path, runs, monkeyp
     monkeypatch.setattr(sweeper.slurm, "SubmititBackend", submitit)
     assert run_stages(plan, ["g0"], 4, lambda: None) is True
     assert r.backends == [("submitit", plan, 4)] and len(r.calls) == 1
+
+
+def test_run_stages_tunes_curves_side_by_side_and_never_relaunches_a_failed_run(tmp_path, runs, capsys):
+    """a tunes weight decay, b momentum then weight decay (defaults 0.1 and 0.9 win: every other
+    value costs 0.01). a's run at weight decay 0 fails: a waits (no stage 2), and that run is not
+    launched again while b goes on to its second axis."""
+    plan = make_plan(tmp_path, optimizers=["a", "b"], lrs=[1e-3, 2e-3, 4e-3], seeds=[0],
+                     tune=[{WD: [0.0, 0.1, 0.2]}], max_extend=0, confirm_seeds=[5],
+                     tune_by_optimizer={"b": [{"optimizer.momentum": [0.8, 0.9]},
+                                              {WD: [0.0, 0.1, 0.2]}]})
+
+    def loss(p):
+        if p.optimizer == "a" and p.tuned == {WD: 0.0}:
+            return "failed"
+        return 2.0 + abs(math.log2(p.lr / 2e-3)) / 10 + 0.01 * len(p.tuned)
+    r = runs(plan, loss)
+    assert run_stages(plan, [], 1, lambda: None) is True
+    s1 = [("1", lr, 0, {}) for lr in (1e-3, 2e-3, 4e-3)] * 2
+    assert r.calls == [s1, [("tune", 2e-3, 0, {WD: 0.0}), ("tune", 2e-3, 0, {WD: 0.2}),
+                            ("tune", 2e-3, 0, {"optimizer.momentum": 0.8})],
+                       [("tune", 2e-3, 0, {WD: 0.0}), ("tune", 2e-3, 0, {WD: 0.2})],
+                       [("2", 2e-3, 5, {})]]
+    assert [p.optimizer for p in later_points(plan, r.collect(plan.cfg.path))] == ["b"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"sw: tuning optimizer.momentum, {WD} for a, b: 3 runs",
+        f"sw: tuning {WD} for b: 2 runs",
+        "sw: stage 2 and budgets: 1 runs"]
+
+
+def test_per_optimizer_variants_are_curves_of_their_own(tmp_path):
+    """sweep.grid_points_by_optimizer: muon's two variants, each its own curve, tuned and
+    confirmed at its own best lr; adamw has the one curve."""
+    ns = {"optimizer.ns": "polar_express"}
+    plan = make_plan(tmp_path, optimizers=["adamw", "muon"], lrs=[1e-3, 2e-3, 4e-3], seeds=[0],
+                     grid_points_by_optimizer={"muon": [{}, ns]}, confirm_seeds=[5],
+                     tune_by_optimizer={"muon": [{WD: [0.1, 0.2]}]}, max_extend=0)
+    assert curve_points(plan, "2", {"muon": [1e-3], "muon ns=polar_express": [2e-3],
+                                    "adamw": [4e-3]}, [5]) == \
+        [make_point("adamw", 4e-3, 5, {}, SETUP, "2"), make_point("muon", 1e-3, 5, {}, SETUP, "2"),
+         make_point("muon", 2e-3, 5, ns, SETUP, "2")]
+    rows = [row(tmp_path, opt, lr, 0, 2.0 + abs(math.log2(lr / best)), grid=grid)
+            for opt, grid, best in (("adamw", {}, 2e-3), ("muon", {}, 2e-3), ("muon", ns, 4e-3))
+            for lr in (1e-3, 2e-3, 4e-3)]
+    got = tune_points(plan, rows)
+    assert [(p.curve, p.lr, p.tuned) for p in got] == [("muon", 2e-3, {WD: 0.2}),
+                                                        ("muon ns=polar_express", 4e-3, {WD: 0.2})]
+    assert got[1].grid == ns and "optimizer.ns=polar_express" in got[1].overrides
+    rows += [row(tmp_path, "muon", 2e-3, 0, 2.5, "tune", {WD: 0.2}),
+             row(tmp_path, "muon", 4e-3, 0, 1.5, "tune", {WD: 0.2}, grid=ns)]
+    assert [(p.curve, p.lr, p.tuned) for p in later_points(plan, rows)] == [
+        ("adamw", 2e-3, {}), ("muon", 2e-3, {}), ("muon ns=polar_express", 4e-3, {WD: 0.2})]
+
+
+def target_rows(tmp_path, spec) -> list[SweepRow]:
+    """Fresh rows (their steps to target not yet measured) from {(opt, lr, stage, tuned): steps
+    at which val/loss first reaches 3.0, or None: never}; each run's metrics.jsonl evaluates
+    every 100 steps, val/loss 3.5 before that step and 2.9 from it."""
+    rows = []
+    for (opt, lr, stage, tuned), steps in spec.items():
+        r = row(tmp_path, opt, lr, 0, 3.0, stage, dict(tuned))
+        r.dir = run_dir(tmp_path, r.run_id)
+        evals = [{"step": s, "val/loss": 2.9 if steps is not None and s >= steps else 3.5}
+                 for s in range(100, 600, 100)]
+        (r.dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+        rows.append(r)
+    return rows
+
+
+def test_steps_to_target_are_measured_before_every_decision(tmp_path):
+    """metric=steps_to_target (sweep.target 3.0): fewer steps is better. 100 steps at the top
+    lr -> extend to 8e-3; it never reaches the target -> 4e-3 bracketed; weight decay 0 and 0.2
+    take longer: 4e-3 at the default confirmed."""
+    plan = make_plan(tmp_path, optimizers=["a"], lrs=[1e-3, 2e-3, 4e-3], seeds=[0],
+                     metric="steps_to_target", target=3.0, confirm_seeds=[5], max_extend=1,
+                     tune=[{WD: [0.0, 0.1, 0.2]}])
+    spec = {("a", 1e-3, "1", ()): 300, ("a", 2e-3, "1", ()): 200, ("a", 4e-3, "1", ()): 100}
+    assert key(extensions(plan, target_rows(tmp_path, spec))) == [("extend", "a", 8e-3, 0, {}, None)]
+    spec[("a", 8e-3, "extend", ())] = None
+    assert extensions(plan, target_rows(tmp_path, spec)) == []
+    assert key(tune_points(plan, target_rows(tmp_path, spec))) == [
+        ("tune", "a", 4e-3, 0, {WD: 0.0}, None), ("tune", "a", 4e-3, 0, {WD: 0.2}, None)]
+    spec[("a", 4e-3, "tune", ((WD, 0.0),))] = 300
+    spec[("a", 4e-3, "tune", ((WD, 0.2),))] = 300
+    assert key(later_points(plan, target_rows(tmp_path, spec))) == [("2", "a", 4e-3, 5, {}, None)]
