@@ -149,7 +149,8 @@ def test_random_batches_of_shards_read_the_joined_stream(tmp_path):
     idx = np.array([[29, 30, 34, 35], [0, 74, 36, 5]])
     got = task._gather("train", idx)
     assert got.dtype == np.int64 and np.array_equal(got, joined[idx])
-    assert np.array_equal(task._gather("val", np.array([0, 499])), [0, 499])
+    got = task._gather("val", np.array([0, 499]))
+    assert got.dtype == np.int64 and np.array_equal(got, [0, 499])
     for step in range(6):
         x, y = task.get_batch("train", 16, step=step, micro_step=1, rank=1)
         starts = torch.randint(75 - T, (16,), generator=ref_generator(4, "train", step, 1, 1))
@@ -367,7 +368,7 @@ def test_sequential_evaluate_by_hand(tmp_path, training):
 ])
 def test_full_val_windows_count_by_hand(tmp_path, n_val, count):
     task, _, _ = bin_task(tmp_path, n_val=n_val)
-    starts = task.full_val_windows(max_tokens=10**9)
+    starts = task.full_val_windows(max_tokens=10**5)
     assert list(starts) == [8 * i for i in range(count)]
     assert starts[-1] + T + 1 <= n_val
 
@@ -394,7 +395,7 @@ def test_final_eval_sums_every_windows_token_losses(tmp_path, n_val, training):
     windows = (n_val - 1) // T
     model = TokenLoss().train(training)
     total, count = task.final_eval(model, batch_size=4, device="cpu", autocast=nullcontext,
-                                   max_tokens=10**9)
+                                   max_tokens=10**5)
     assert model.training is training
     assert count == windows * T
     assert [len(x) for x, _ in model.seen] == [4, 4, windows - 8]
@@ -403,7 +404,7 @@ def test_final_eval_sums_every_windows_token_losses(tmp_path, n_val, training):
     assert total == pytest.approx(want, rel=1e-12)
     # two ranks: windows 0, 2, 4, ... and 1, 3, ...; their shares add up to the whole
     shares = [task.final_eval(TokenLoss(), batch_size=3, device="cpu", autocast=nullcontext,
-                              max_tokens=10**9, rank=r, world=2) for r in (0, 1)]
+                              max_tokens=10**5, rank=r, world=2) for r in (0, 1)]
     assert [c for _, c in shares] == [-(-windows // 2) * T, windows // 2 * T]
     even = sum(TokenLoss.token_loss(val[s:s + T], val[s + 1:s + T + 1]).sum()
                for s in range(0, windows * T, 2 * T))
@@ -433,7 +434,103 @@ def test_final_eval_of_a_val_shard(tmp_path):
     task, tokens = shard_task(tmp_path, [300], n_val=40)
     model = TokenLoss()
     total, count = task.final_eval(model, batch_size=8, device="cpu", autocast=nullcontext,
-                                   max_tokens=10**9)
+                                   max_tokens=10**5)
     val = tokens[0]
     assert count == 4 * T and np.array_equal(model.seen[0][0].numpy().ravel(), val[:32])
     assert total == pytest.approx(TokenLoss.token_loss(val[:32], val[1:33]).sum(), rel=1e-12)
+
+
+def test_random_batches_of_two_shards(tmp_path):
+    """Two train shards (40 and 20 tokens): windows of the joined 60, one may span both."""
+    task, tokens = shard_task(tmp_path, [40, 20], seed=2, sampling="random")
+    joined = np.concatenate(tokens[1:])
+    got = task._gather("train", np.arange(60))
+    assert got.dtype == np.int64 and np.array_equal(got, joined)
+    x, y = task.get_batch("train", 32, step=1)
+    starts = torch.randint(60 - T, (32,), generator=ref_generator(2, "train", 1, 0, 0))
+    wx, wy = windows_at(joined, starts.numpy())
+    assert np.array_equal(x.numpy(), wx) and np.array_equal(y.numpy(), wy)
+    assert (starts.numpy() > 40 - T - 1).any()     # a window reaching into the second shard
+
+
+def test_the_default_rank_is_rank_0(tmp_path):
+    task, _, _ = bin_task(tmp_path)
+    for a, b in zip(task.get_batch("train", 4, step=2), task.get_batch("train", 4, step=2, rank=0)):
+        assert torch.equal(a, b)
+
+
+def test_the_token_files_are_mapped_read_only(tmp_path):
+    """Nothing a task does can write into a prepared dataset."""
+    task, _, _ = bin_task(tmp_path)
+    shards, _ = shard_task(tmp_path / "s", [40, 20])
+    for piece in (task.pieces["train"][0], task.pieces["val"][0], shards.pieces["train"][1]):
+        with pytest.raises(ValueError, match="read-only"):
+            task._memmap(piece)[0] = 5
+
+
+def test_a_shard_stream_too_short_names_the_shards_to_download(tmp_path):
+    """Shards of 100 and 60 tokens, 16 a step: (100 - 2) // 16 + (60 - 2) // 16 = 6 + 3 = 9."""
+    shard_task(tmp_path, [100, 60], sampling="sequential", batch_size=2, max_iters=9)
+    with pytest.raises(UserError) as e:
+        shard_task(tmp_path, [100, 60], sampling="sequential", batch_size=2, max_iters=16)
+    # 7 steps short, 6 a shard at most: 2 more shards
+    assert str(e.value) == ("16 steps of 16 tokens need more than the train stream's 9 such steps "
+                            f"(160 tokens in 2 file(s)); run: python -m data.prepare data=fw "
+                            f"data.root={tmp_path / 'cache'} data.shards=4 and train with data.shards=4")
+
+
+class TorchOnDevice:
+    """data.lm's torch, recording the device asked of every tensor it makes (and the dtype); the
+    tensors themselves stay on the CPU, the one device this test has."""
+
+    def __init__(self):
+        self.made = []
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def zeros(self, *shape, **kw):
+        self.made.append(("zeros", kw.get("device", "unset"), kw.get("dtype", "unset")))
+        return torch.zeros(*shape, **{k: v for k, v in kw.items() if k != "device"})
+
+    def tensor(self, data, **kw):
+        self.made.append(("tensor", kw.get("device", "unset"), kw.get("dtype", "unset")))
+        return torch.tensor(data, **{k: v for k, v in kw.items() if k != "device"})
+
+
+@pytest.fixture
+def on_device(monkeypatch):
+    """Every window split_windows gets, with the device it was asked to put them on (then
+    split on the CPU), and the tensors data.lm makes (TorchOnDevice)."""
+    seen = []
+
+    def split(windows, device):
+        seen.append(device)
+        return split_windows(windows, "cpu")
+    fake = TorchOnDevice()
+    monkeypatch.setattr(lm, "split_windows", split)
+    monkeypatch.setattr(lm, "torch", fake)
+    return seen, fake
+
+
+def test_batches_and_eval_buffers_go_to_the_device_asked_for(tmp_path, on_device):
+    """A GPU run's batches and loss buffers belong on its GPU (the all-reduce of the losses
+    needs them there): every window and buffer is asked for on `device` ("cuda:3" here)."""
+    seen, made = on_device
+    dev = "cuda:3"
+    task, _ = shard_task(tmp_path, [100, 60], sampling="random")
+    task.get_batch("train", 2, step=0, device=dev)            # shards: the joined stream
+    task.get_batch("val", 2, step=0, device=dev)              # one piece
+    task.evaluate(TokenLoss(), batch_size=2, eval_iters=2, device=dev, autocast=nullcontext)
+    assert seen == [dev] * 6
+    assert [m[:2] for m in made.made] == [("zeros", dev)] * 2
+    seen.clear(), made.made.clear()
+    task, _ = shard_task(tmp_path / "s", [100, 60], sampling="sequential", val_tokens=40,
+                         grad_accum_steps=2)
+    task.get_batch("train", 2, step=1, micro_step=1, device=dev)
+    task.evaluate(TokenLoss(), batch_size=2, eval_iters=2, device=dev, autocast=nullcontext)
+    assert seen == [dev] * (1 + 3 + 2)           # 5 val sequences in batches of 2; 2 train
+    assert [m[:2] for m in made.made] == [("zeros", dev), ("tensor", dev), ("zeros", dev)]
+    seen.clear()
+    task.final_eval(TokenLoss(), batch_size=2, device=dev, autocast=nullcontext, max_tokens=10**5)
+    assert seen == [dev] * 31                     # (500 - 1) // 8 = 62 windows, 2 a batch
