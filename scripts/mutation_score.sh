@@ -31,10 +31,10 @@ MODULES=(
   "optim/muon_variants.py|tests/test_muon_family.py tests/test_hyperball.py tests/test_track3_wrappers.py tests/test_optim.py"
   "sweeper/paired.py|tests/test_paired.py"
   "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py"
-  "sweeper/stages.py|tests/test_stages.py tests/test_coordinate_descent.py"
+  "sweeper/stages.py|tests/test_stage_decisions.py tests/test_stages.py::test_extension_lr"
   "trainer/checkpoint.py|tests/test_train.py tests/test_run_dir.py tests/test_gpu_engineering.py"
   "trainer/loop.py|tests/test_train.py tests/test_gpu_engineering.py"
-  "data/lm.py|tests/test_data.py tests/test_shards.py"
+  "data/lm.py|tests/test_lm_windows.py tests/test_shards.py::test_sequential_steps_are_track3s_stream"
 )
 
 python -c "import mutmut" 2>/dev/null || { echo "error: mutmut is not installed; pip install mutmut" >&2; exit 2; }
