@@ -344,8 +344,13 @@ def draw_verdicts(s, cfg):
         color = "black" if v.decided else "gray"
         ax.errorbar([v.mean], [i], xerr=[[v.mean - v.low], [v.high - v.mean]] if ok else None,
                     fmt="o", color=color, capsize=3)
-        ax.annotate("decided" if v.decided else "tie", (v.high if ok else v.mean, i),
-                    textcoords="offset points", xytext=(6, -3), fontsize=7, color=color)
+        # the numbers beside each row: a resolved gap next to a large one stays readable
+        d = m.digits
+        numbers = f"{v.mean:+.{d}f}" + (f" [{v.low:+.{d}f}, {v.high:+.{d}f}]" if ok else "") + \
+            f", n={v.n}"
+        ax.annotate(f"{'decided' if v.decided else 'tie'}: {numbers}",
+                    (v.high if ok else v.mean, i), textcoords="offset points", xytext=(6, -3),
+                    fontsize=7, color=color)
     ax.axvline(0, color="red", lw=0.8)
     ax.set_yticks(range(len(pairs)), [f"{short_label(v.a)} - {short_label(v.b)}" for v in pairs],
                   fontsize=7)
