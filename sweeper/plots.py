@@ -25,14 +25,15 @@ from sweeper.points import curve_label
 from trainer.outputs import Status, read_metrics, write_atomic
 
 DPI = 150
-# One colour per registry name, the same in every figure and study (tab10, then tab20's light
-# shades); a name not listed gets a tab20 colour from a hash of the name: stable too.
+# One colour per registry name, the same in every figure and study: tab10 first, then darker
+# shades (tab20b/c, Dark2) that read on white as a thin line; a name not listed gets a TAB20
+# colour from a hash of the name: stable too.
 PALETTE = {
     "adamw": "#1f77b4", "muon": "#ff7f0e", "namo": "#2ca02c", "namo_d": "#d62728",
     "normuon": "#9467bd", "adamz": "#8c564b", "adamq": "#e377c2", "msgdz": "#7f7f7f",
-    "dion": "#bcbd22", "track3_baseline": "#17becf", "muonh": "#aec7e8", "adamh": "#ffbb78",
-    "normuonh": "#98df8a", "soap_muon": "#ff9896", "dynmuon": "#c5b0d5", "adam": "#c49c94",
-    "adams": "#f7b6d2", "msgd": "#c7c7c7", "msgds": "#dbdb8d", "msgdq": "#9edae5",
+    "dion": "#bcbd22", "track3_baseline": "#17becf", "muonh": "#5254a3", "adamh": "#bd9e39",
+    "normuonh": "#1b9e77", "soap_muon": "#ad494a", "dynmuon": "#6a3d9a", "adam": "#a6761d",
+    "adams": "#e7298a", "msgd": "#252525", "msgds": "#8ca252", "msgdq": "#0868ac",
     "adamuon": "#393b79", "muon_svd": "#637939", "shampoo": "#8c6d31", "soap": "#843c39",
     "sgd": "#7b4173", "rmsprop": "#3182bd", "torch_adam": "#e6550d",
 }
@@ -56,15 +57,19 @@ def color_of(curve: str) -> str:
     return TAB20[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(TAB20)]
 
 
+def variant_of(curve: str) -> str:
+    """A curve's variant: its label without the name ('' for the name's plain curve)."""
+    return short_label(curve).partition(" ")[2]
+
+
 def variant_styles(curves: list) -> dict:
-    """{curve: (line style, marker)}: the variants of one name told apart by style and marker
-    (in the order given), a name's only curve solid with circles."""
-    out, seen = {}, {}
-    for c in curves:
-        k = seen.setdefault(name_of(c), 0)
-        out[c] = (STYLES[k % len(STYLES)], MARKERS[k % len(MARKERS)])
-        seen[name_of(c)] = k + 1
-    return out
+    """{curve: (line style, marker)}: one style per variant, the same for every name (the
+    plain curve solid with circles, then the variants in sorted order), so that a dashed line
+    means the same variant in every panel."""
+    variants = sorted({variant_of(c) for c in curves}, key=lambda v: (v != "", v))
+    k = {v: i for i, v in enumerate(variants)}
+    return {c: (STYLES[k[variant_of(c)] % len(STYLES)], MARKERS[k[variant_of(c)] % len(MARKERS)])
+            for c in curves}
 
 
 def short_label(curve: str) -> str:
@@ -98,7 +103,7 @@ def label_lr_ticks(ax, lrs: list) -> None:
 
     ax.xaxis.set_minor_formatter(NullFormatter())
     grid = sorted(set(lrs))
-    if 1 < len(grid) <= 12:
+    if 1 <= len(grid) <= 12:
         ax.set_xticks(grid, [f"{lr:g}" for lr in grid], fontsize=7)
 
 
@@ -120,9 +125,23 @@ def y_window(values: list, bests: list) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # lr_curves.png
 
-def _lr_panel(ax, s, curves: list, styles: dict, metric) -> list:
-    """Draws `curves` of stage 1 on ax; returns the values drawn (for the y window)."""
+def dodge(s, curves: list) -> dict:
+    """{curve: x factor} for the held-out stars: curves whose stars share an lr are spread a few
+    percent apart (on the log axis) so that each star and its CI stays visible."""
+    at = {}
+    for c in curves:
+        sc = s.scores.get(c)
+        if sc is not None and sc.held_out and sc.values:
+            at.setdefault(sc.lr, []).append(c)
+    return {c: 1.06 ** (j - (len(group) - 1) / 2) for group in at.values()
+            for j, c in enumerate(group)}
+
+
+def _lr_panel(ax, s, curves: list, styles: dict, metric, label=short_label) -> list:
+    """Draws `curves` of stage 1 on ax; returns the values drawn (for the y window). `label`:
+    a curve's legend entry."""
     drawn = []
+    shift = dodge(s, curves)
     for i, curve in enumerate(curves):
         per_lr = s.stats[curve]
         color, (ls, marker) = color_of(curve), styles[curve]
@@ -133,7 +152,7 @@ def _lr_panel(ax, s, curves: list, styles: dict, metric) -> list:
             drawn += st.values
         if ok:
             ax.plot([st.lr for st in ok], [st.mean for st in ok], ls=ls, color=color, lw=1.4,
-                    label=short_label(curve))
+                    label=label(curve), marker=marker if len(ok) == 1 else None, ms=5)
             added = [st for st in ok if st.lr in s.extended.get(curve, [])]
             ax.scatter([st.lr for st in added], [st.mean for st in added], s=45,
                        facecolors="white", edgecolors=color, zorder=3)
@@ -141,12 +160,13 @@ def _lr_panel(ax, s, curves: list, styles: dict, metric) -> list:
         if sc is not None and sc.held_out and sc.values:
             mean, low, high = sc.interval
             err = None if math.isnan(low) else [[mean - low], [high - mean]]
-            ax.errorbar([sc.lr], [mean], yerr=err, fmt="*", ms=10, color=color, capsize=3, zorder=4)
+            ax.errorbar([sc.lr * shift.get(curve, 1.0)], [mean], yerr=err, fmt="*", ms=10,
+                        color=color, capsize=3, zorder=4)
             drawn += [mean] + ([] if math.isnan(low) else [low, high])
         bad = [st.lr for st in per_lr if st.n_bad]
         if bad:   # at the top edge, whatever the scale
             ax.scatter(bad, [0.97 - 0.025 * (i % 4)] * len(bad), marker="x", color=color, s=30,
-                       transform=ax.get_xaxis_transform(), label=None if ok else short_label(curve))
+                       transform=ax.get_xaxis_transform(), label=None if ok else label(curve))
     return drawn
 
 
@@ -164,7 +184,9 @@ def draw_lr_curves(s, cfg):
     styles = variant_styles(curves)
     drawn, lrs = [], [st.lr for per in s.stats.values() for st in per]
     for ax, group in zip(axs.flat, groups):
-        drawn += _lr_panel(ax, s, group, styles, s.metric)
+        # in a panel of one name, the legend names the variants only (the title names it)
+        drawn += _lr_panel(ax, s, group, styles, s.metric,
+                           label=(lambda c: variant_of(c) or name_of(c)) if multiples else short_label)
         ax.set_xscale("log")
         ax.grid(alpha=0.3, which="both")
         if multiples:
@@ -184,8 +206,8 @@ def draw_lr_curves(s, cfg):
         axs.flat[0].set_ylim(window[0], window[1])
         if window[2]:
             note = f"; {window[2]} value(s) above {window[1]:.2f} not shown"
-    if lrs and not drawn:
-        axs.flat[0].set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
+    if lrs and (not drawn or max(lrs) / min(lrs) < 2):   # one lr: a factor 2 either side
+        axs.flat[0].set_xlim(min(lrs) / 2, max(lrs) * 2)
     for ax in axs[-1]:
         ax.set_xlabel("peak learning rate")
         label_lr_ticks(ax, lrs)
@@ -194,9 +216,19 @@ def draw_lr_curves(s, cfg):
     if not multiples:
         legend_outside(axs.flat[0])
     lead = f", dotted = {name_of(s.ranked[0])}'s best (the leader)" if multiples and s.ranked else ""
-    fig.suptitle(f"{cfg.name}: dots = each seed, line = stage-1 mean, hollow = added by "
-                 f"bracketing, star = held-out score (95% CI), x = {s.metric.bad_marks}{lead}{note}",
-                 fontsize=8)
+    # the key names what the figure shows only
+    key = ["dots = each seed", "line = stage-1 mean"]
+    if any(s.extended.get(c) for c in curves):
+        key.append("hollow = added by bracketing")
+    if any(sc.held_out and sc.values for c, sc in s.scores.items() if c in curves):
+        shared = any(f != 1.0 for g in groups for f in dodge(s, g).values())
+        key.append("star = held-out score (95% CI)" +
+                   (" (stars at one lr: left to right in legend order)" if shared else ""))
+    else:
+        key.append("no held-out stage (each lr chosen and scored on the same seeds)")
+    if any(st.n_bad for c in curves for st in s.stats[c]):
+        key.append(f"x = {s.metric.bad_marks}")
+    fig.suptitle(f"{cfg.name}: " + ", ".join(key) + f"{lead}{note}", fontsize=8, wrap=True)
     fig.tight_layout()
     return fig
 
@@ -338,7 +370,11 @@ def draw_verdicts(s, cfg):
     plt = pyplot()
     m = s.metric
     pairs = s.verdicts
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(pairs), 1) + 1.4))
+    height = 0.45 * max(len(pairs), 1) + 1.4
+    fig, ax = plt.subplots(figsize=(11, height))
+    # room for the pairs' names on the left and their numbers on the right (savefig's tight
+    # box trims what is left over)
+    fig.subplots_adjust(left=0.34, right=0.68, top=1 - 0.45 / height, bottom=0.75 / height)
     for i, v in enumerate(pairs):
         ok = v.n >= 2 and not math.isnan(v.low)
         color = "black" if v.decided else "gray"
@@ -348,9 +384,8 @@ def draw_verdicts(s, cfg):
         d = m.digits
         numbers = f"{v.mean:+.{d}f}" + (f" [{v.low:+.{d}f}, {v.high:+.{d}f}]" if ok else "") + \
             f", n={v.n}"
-        ax.annotate(f"{'decided' if v.decided else 'tie'}: {numbers}",
-                    (v.high if ok else v.mean, i), textcoords="offset points", xytext=(6, -3),
-                    fontsize=7, color=color)
+        ax.annotate(f"{'decided' if v.decided else 'tie'}: {numbers}", (1.02, i),
+                    xycoords=("axes fraction", "data"), va="center", fontsize=7, color=color)
     ax.axvline(0, color="red", lw=0.8)
     ax.set_yticks(range(len(pairs)), [f"{short_label(v.a)} - {short_label(v.b)}" for v in pairs],
                   fontsize=7)
@@ -360,7 +395,6 @@ def draw_verdicts(s, cfg):
     ax.set_title(f"{cfg.name}: adjacent pairs of the ranking, 95% t interval over "
                  f"{'the held-out' if held else 'the tuning'} seeds", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
     return fig
 
 
