@@ -190,7 +190,9 @@ def draw_lr_curves(s, cfg):
         ax.set_xscale("log")
         ax.grid(alpha=0.3, which="both")
         if multiples:
-            ax.set_title(name_of(group[0]), fontsize=9, color=color_of(group[0]))
+            # a name's one curve: its variant in the title (no legend in the panel)
+            ax.set_title(name_of(group[0]) if len(group) > 1 else short_label(group[0]),
+                         fontsize=9, color=color_of(group[0]))
             if len(group) > 1:
                 ax.legend(fontsize=6, frameon=False)
             if s.ranked and name_of(s.ranked[0]) != name_of(group[0]):   # the leader, to compare
@@ -229,7 +231,8 @@ def draw_lr_curves(s, cfg):
     if any(st.n_bad for c in curves for st in s.stats[c]):
         key.append(f"x = {s.metric.bad_marks}")
     fig.suptitle(f"{cfg.name}: " + ", ".join(key) + f"{lead}{note}", fontsize=8, wrap=True)
-    fig.tight_layout()
+    # leave the suptitle (two lines at most) its own room above the panels' titles
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.42 / fig.get_figheight()))
     return fig
 
 
@@ -298,7 +301,7 @@ def draw_lr_grid_curves(s, cfg):
         axs.flat[0].set_ylim(low - 0.05, low + 1.5)   # the approach to the end, not the start
     fig.suptitle(f"{cfg.name}: each lr of each grid (mean over the stage-1 seeds); thick = chosen",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 
@@ -466,7 +469,7 @@ def draw_grid_lr(s, cfg, key: str):
 
 def draw_tuning(s, cfg) -> Optional[object]:
     """Sensitivity: per tuned axis (a panel each) every curve's metric against the axis' values
-    in its last sweep, 95% t bands, the chosen value ringed."""
+    in its last sweep, each seed a dot and the mean a line, the chosen value ringed."""
     keys = list(dict.fromkeys(a.key for c in s.curves.values() if c.tuning
                               for a in c.tuning.axes))
     if not keys:
@@ -490,9 +493,10 @@ def draw_tuning(s, cfg) -> Optional[object]:
             color, (ls, marker) = color_of(curve), styles[curve]
             ax.plot(xs, [r[0] for r in rows], ls=ls, marker=marker, color=color,
                     label=short_label(curve), ms=4)
-            ax.fill_between(xs, [r[1] if not math.isnan(r[1]) else r[0] for r in rows],
-                            [r[2] if not math.isnan(r[2]) else r[0] for r in rows],
-                            color=color, alpha=0.1, lw=0)
+            # each seed's value as a dot (a t band over 2 seeds spans everything: lr_curves')
+            for v, st in pts:
+                ax.scatter([v] * len(st.values), st.values, s=8, color=color, alpha=0.45,
+                           marker=marker, lw=0)
             chosen = next((st for v, st in pts if v == a.chosen), None)
             if chosen is not None:
                 ax.plot([a.chosen], [chosen.mean], "o", ms=11, mfc="none", color=color)
@@ -507,7 +511,7 @@ def draw_tuning(s, cfg) -> Optional[object]:
         ax.grid(alpha=0.3, which="both")
     legend_outside(axs[0][-1])
     fig.suptitle(f"{cfg.name}: sensitivity around each tuned point (last sweep of each axis, "
-                 "tuning seeds, 95% CI; ring = chosen)", fontsize=9)
+                 "tuning seeds: dots = each seed, line = mean; ring = chosen)", fontsize=9)
     return fig
 
 
