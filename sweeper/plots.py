@@ -104,7 +104,7 @@ def label_lr_ticks(ax, lrs: list) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     grid = sorted(set(lrs))
     if 1 <= len(grid) <= 12:
-        ax.set_xticks(grid, [f"{lr:g}" for lr in grid], fontsize=7)
+        ax.set_xticks(grid, [f"{lr:.3g}" for lr in grid], fontsize=7)
 
 
 def y_window(values: list, bests: list) -> tuple:
@@ -410,6 +410,7 @@ def draw_grid_axis(s, cfg, key: str):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     optimizers = list(dict.fromkeys(name_of(c) for c in s.stats))
+    drawn = []
     for opt in optimizers:
         xs, means, errs = [], [], []
         for v in sorted(cfg.grid[key]):
@@ -426,13 +427,19 @@ def draw_grid_axis(s, cfg, key: str):
         if xs:
             ax.errorbar(xs, means, yerr=list(zip(*errs)), fmt="o-", color=color_of(opt),
                         capsize=3, label=opt)
+            drawn += means
+    if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > 10:
+        ax.set_yscale("log")   # scores over decades (tokens against the batch): each step visible
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(cfg.grid[key]), [str(v) for v in sorted(cfg.grid[key])])
     ax.set_xlabel(key)
     ax.set_ylabel(s.metric.axis_label)
     held = any(sc.held_out for sc in s.scores.values())
+    none = [short_label(c) for c in s.stats if c not in s.curves]   # no run reached a value
     ax.set_title(f"{cfg.name}: {'held-out seeds' if held else 'stage-1 seeds'} at each curve's "
-                 f"chosen point, 95% CI; k/n: runs that reached a value", fontsize=9)
+                 f"chosen point, 95% CI; k/n: runs that reached a value" +
+                 (f"\nno value at any lr ({s.metric.bad}): {', '.join(none)}" if none else ""),
+                 fontsize=9)
     ax.grid(alpha=0.3, which="both")
     legend_outside(ax)
     return fig
