@@ -179,7 +179,8 @@ def draw_lr_curves(s, cfg):
     cols = min(3, len(groups))
     rows = -(-len(groups) // cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols + (2.5 if not multiples else 0),
-                                                 3.4 * rows), squeeze=False, sharex=True,
+                                                 3.4 * rows + (0.5 if not multiples else 0)),
+                            squeeze=False, sharex=True,
                             sharey=True)
     styles = variant_styles(curves)
     drawn, lrs = [], [st.lr for per in s.stats.values() for st in per]
@@ -230,9 +231,13 @@ def draw_lr_curves(s, cfg):
         key.append("no held-out stage (each lr chosen and scored on the same seeds)")
     if any(st.n_bad for c in curves for st in s.stats[c]):
         key.append(f"x = {s.metric.bad_marks}")
-    fig.suptitle(f"{cfg.name}: " + ", ".join(key) + f"{lead}{note}", fontsize=8, wrap=True)
-    # leave the suptitle (two lines at most) its own room above the panels' titles
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.42 / fig.get_figheight()))
+    import textwrap
+    # the key in lines that fit the figure's width (about 17 characters an inch at 8 points;
+    # tight_layout makes room for the lines, not for matplotlib's own wrapping)
+    lines = textwrap.wrap(f"{cfg.name}: " + ", ".join(key) + f"{lead}{note}",
+                          int(17 * fig.get_figwidth()))
+    fig.suptitle("\n".join(lines), fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -301,7 +306,7 @@ def draw_lr_grid_curves(s, cfg):
         axs.flat[0].set_ylim(low - 0.05, low + 1.5)   # the approach to the end, not the start
     fig.suptitle(f"{cfg.name}: each lr of each grid (mean over the stage-1 seeds); thick = chosen",
                  fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    fig.tight_layout()
     return fig
 
 
