@@ -91,6 +91,17 @@ def save(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
+def below_title(fig) -> None:
+    """Moves the panels down where the top row's titles would run into the figure's
+    suptitle (tight_layout does not always leave it room)."""
+    renderer = fig.canvas.get_renderer()
+    bottom = fig._suptitle.get_window_extent(renderer).y0
+    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible())
+    gap = 4 * fig.dpi / 72   # 4 points
+    if top > bottom - gap:
+        fig.subplots_adjust(top=fig.subplotpars.top - (top - bottom + gap) / fig.bbox.height)
+
+
 def legend_outside(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, **kw)
@@ -238,6 +249,7 @@ def draw_lr_curves(s, cfg):
                           int(17 * fig.get_figwidth()))
     fig.suptitle("\n".join(lines), fontsize=8)
     fig.tight_layout()
+    below_title(fig)
     return fig
 
 
@@ -307,6 +319,7 @@ def draw_lr_grid_curves(s, cfg):
     fig.suptitle(f"{cfg.name}: each lr of each grid (mean over the stage-1 seeds); thick = chosen",
                  fontsize=9)
     fig.tight_layout()
+    below_title(fig)
     return fig
 
 
