@@ -6,6 +6,8 @@
     python sweep.py sweep=namo_gpt2 sweep.launcher=slurm sweep.slurm.partition=gpu   # SLURM jobs
     python sweep.py sweep=cpu_ordering sweep.lrs=[1e-3,3e-3] train.max_iters=400 sweep.dir=sweeps/short
     python sweep.py report sweep.dir=sweeps/cpu_ordering       # rebuild the outputs from what finished
+    python sweep.py report sweep.dir=docs/results/cpu_decisive # a study without runs/: the figures
+                                                               # its results.csv allows, nothing else
     python sweep.py export-wandb sweep=namo_gpt2                # the same grid as W&B sweep YAML
     python sweep.py plan sweep=track3                           # runs, GPUs, tokens, GPU-hours
 
@@ -42,6 +44,10 @@ Outputs in sweep.dir, rebuilt by `report` from whatever has finished: results.cs
 run), lr_curves.png (metric vs lr per optimizer, spread over seeds, x = diverged), best_curves.png
 (the runs at each optimizer's best lr), report.md (best lr, stable range, tokens to a target
 loss, ranking). sweep.json holds the sweep's identity: another sweep's directory is refused.
+A sweep.dir with a results.csv and no runs/ (a study committed without its runs) gets only the
+figures drawn from final numbers (lr_curves.png; verdicts.png where it had a held-out stage;
+grid_curves.png for one numeric axis), from results.csv with its report.md's metric; results.csv
+and report.md are not rewritten, and the curve figures need the runs (sweeper/from_results.py).
 
 `plan` launches nothing and reads no data: per curve its lrs, seeds, runs (min: no bracketing,
 max: every extension), GPUs and tokens per run, parameters, FLOPs per token (nanoGPT's 6 N +
@@ -112,6 +118,9 @@ def cmd_report(sweep_args: list[str], train_args: list[str]) -> int:
     cli_cfg, cli_keys = load_sweep(sweep_args)
     d = cli_cfg.path
     stored = read_sweep(d)
+    from sweeper import from_results
+    if from_results.applies(d):
+        return report_from_results(d, cli_cfg, cli_keys, stored)
     if stored is None:
         raise UserError(f"sweep.dir={d} holds no sweep.json (no sweep ran there); pass the "
                         "sweep.dir of a sweep")
@@ -121,6 +130,26 @@ def cmd_report(sweep_args: list[str], train_args: list[str]) -> int:
     grid = f", {d / 'grid_curves.png'}" if grid_axis(cfg) else ""
     print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'best_curves.png'}{grid}, "
           f"{d / 'report.md'}")
+    return 0
+
+
+def report_from_results(d, cli_cfg: SweepConfig, cli_keys: set, stored) -> int:
+    """A committed study without its runs/: the figures results.csv allows, in one line what
+    was drawn and what was not (and why); results.csv and report.md are left as they are."""
+    from sweeper.from_results import draw_from_results
+
+    cfg = stored_config(cli_cfg, cli_keys, stored) if stored is not None else None
+    s, drawn, skipped, ranking = draw_from_results(d, cli_cfg, cli_keys, cfg)
+    why = {}
+    for name, reason in skipped.items():
+        why.setdefault(reason, []).append(name)
+    print(f"{d}: no runs/, drew from results.csv alone: {', '.join(drawn)}; not drawn: "
+          + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items())
+          + "; results.csv and report.md left as they are")
+    if ranking and ranking != s.ranked:
+        print(f"warning: the ranking from results.csv ({', '.join(s.ranked)}) differs from "
+              f"report.md's ({', '.join(ranking)}): the figures may not match report.md; give "
+              "the study's sweep.metric / sweep.tolerance", file=sys.stderr)
     return 0
 
 

@@ -25,14 +25,15 @@ from sweeper.points import curve_label
 from trainer.outputs import Status, read_metrics, write_atomic
 
 DPI = 150
-# One colour per registry name, the same in every figure and study (tab10, then tab20's light
-# shades); a name not listed gets a tab20 colour from a hash of the name: stable too.
+# One colour per registry name, the same in every figure and study: tab10 first, then darker
+# shades (tab20b/c, Dark2) that read on white as a thin line; a name not listed gets a TAB20
+# colour from a hash of the name: stable too.
 PALETTE = {
     "adamw": "#1f77b4", "muon": "#ff7f0e", "namo": "#2ca02c", "namo_d": "#d62728",
     "normuon": "#9467bd", "adamz": "#8c564b", "adamq": "#e377c2", "msgdz": "#7f7f7f",
-    "dion": "#bcbd22", "track3_baseline": "#17becf", "muonh": "#aec7e8", "adamh": "#ffbb78",
-    "normuonh": "#98df8a", "soap_muon": "#ff9896", "dynmuon": "#c5b0d5", "adam": "#c49c94",
-    "adams": "#f7b6d2", "msgd": "#c7c7c7", "msgds": "#dbdb8d", "msgdq": "#9edae5",
+    "dion": "#bcbd22", "track3_baseline": "#17becf", "muonh": "#5254a3", "adamh": "#bd9e39",
+    "normuonh": "#1b9e77", "soap_muon": "#ad494a", "dynmuon": "#6a3d9a", "adam": "#a6761d",
+    "adams": "#e7298a", "msgd": "#252525", "msgds": "#8ca252", "msgdq": "#0868ac",
     "adamuon": "#393b79", "muon_svd": "#637939", "shampoo": "#8c6d31", "soap": "#843c39",
     "sgd": "#7b4173", "rmsprop": "#3182bd", "torch_adam": "#e6550d",
 }
@@ -56,15 +57,19 @@ def color_of(curve: str) -> str:
     return TAB20[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(TAB20)]
 
 
+def variant_of(curve: str) -> str:
+    """A curve's variant: its label without the name ('' for the name's plain curve)."""
+    return short_label(curve).partition(" ")[2]
+
+
 def variant_styles(curves: list) -> dict:
-    """{curve: (line style, marker)}: the variants of one name told apart by style and marker
-    (in the order given), a name's only curve solid with circles."""
-    out, seen = {}, {}
-    for c in curves:
-        k = seen.setdefault(name_of(c), 0)
-        out[c] = (STYLES[k % len(STYLES)], MARKERS[k % len(MARKERS)])
-        seen[name_of(c)] = k + 1
-    return out
+    """{curve: (line style, marker)}: one style per variant, the same for every name (the
+    plain curve solid with circles, then the variants in sorted order), so that a dashed line
+    means the same variant in every panel."""
+    variants = sorted({variant_of(c) for c in curves}, key=lambda v: (v != "", v))
+    k = {v: i for i, v in enumerate(variants)}
+    return {c: (STYLES[k[variant_of(c)] % len(STYLES)], MARKERS[k[variant_of(c)] % len(MARKERS)])
+            for c in curves}
 
 
 def short_label(curve: str) -> str:
@@ -86,6 +91,17 @@ def save(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
+def below_title(fig) -> None:
+    """Moves the panels down where the top row's titles would run into the figure's
+    suptitle (tight_layout does not always leave it room)."""
+    renderer = fig.canvas.get_renderer()
+    bottom = fig._suptitle.get_window_extent(renderer).y0
+    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible())
+    gap = 4 * fig.dpi / 72   # 4 points
+    if top > bottom - gap:
+        fig.subplots_adjust(top=fig.subplotpars.top - (top - bottom + gap) / fig.bbox.height)
+
+
 def legend_outside(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, **kw)
@@ -98,8 +114,8 @@ def label_lr_ticks(ax, lrs: list) -> None:
 
     ax.xaxis.set_minor_formatter(NullFormatter())
     grid = sorted(set(lrs))
-    if 1 < len(grid) <= 12:
-        ax.set_xticks(grid, [f"{lr:g}" for lr in grid], fontsize=7)
+    if 1 <= len(grid) <= 12:
+        ax.set_xticks(grid, [f"{lr:.3g}" for lr in grid], fontsize=7)
 
 
 def y_window(values: list, bests: list) -> tuple:
@@ -120,9 +136,23 @@ def y_window(values: list, bests: list) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # lr_curves.png
 
-def _lr_panel(ax, s, curves: list, styles: dict, metric) -> list:
-    """Draws `curves` of stage 1 on ax; returns the values drawn (for the y window)."""
+def dodge(s, curves: list) -> dict:
+    """{curve: x factor} for the held-out stars: curves whose stars share an lr are spread a few
+    percent apart (on the log axis) so that each star and its CI stays visible."""
+    at = {}
+    for c in curves:
+        sc = s.scores.get(c)
+        if sc is not None and sc.held_out and sc.values:
+            at.setdefault(sc.lr, []).append(c)
+    return {c: 1.06 ** (j - (len(group) - 1) / 2) for group in at.values()
+            for j, c in enumerate(group)}
+
+
+def _lr_panel(ax, s, curves: list, styles: dict, metric, label=short_label) -> list:
+    """Draws `curves` of stage 1 on ax; returns the values drawn (for the y window). `label`:
+    a curve's legend entry."""
     drawn = []
+    shift = dodge(s, curves)
     for i, curve in enumerate(curves):
         per_lr = s.stats[curve]
         color, (ls, marker) = color_of(curve), styles[curve]
@@ -133,7 +163,7 @@ def _lr_panel(ax, s, curves: list, styles: dict, metric) -> list:
             drawn += st.values
         if ok:
             ax.plot([st.lr for st in ok], [st.mean for st in ok], ls=ls, color=color, lw=1.4,
-                    label=short_label(curve))
+                    label=label(curve), marker=marker if len(ok) == 1 else None, ms=5)
             added = [st for st in ok if st.lr in s.extended.get(curve, [])]
             ax.scatter([st.lr for st in added], [st.mean for st in added], s=45,
                        facecolors="white", edgecolors=color, zorder=3)
@@ -141,12 +171,13 @@ def _lr_panel(ax, s, curves: list, styles: dict, metric) -> list:
         if sc is not None and sc.held_out and sc.values:
             mean, low, high = sc.interval
             err = None if math.isnan(low) else [[mean - low], [high - mean]]
-            ax.errorbar([sc.lr], [mean], yerr=err, fmt="*", ms=10, color=color, capsize=3, zorder=4)
+            ax.errorbar([sc.lr * shift.get(curve, 1.0)], [mean], yerr=err, fmt="*", ms=10,
+                        color=color, capsize=3, zorder=4)
             drawn += [mean] + ([] if math.isnan(low) else [low, high])
         bad = [st.lr for st in per_lr if st.n_bad]
         if bad:   # at the top edge, whatever the scale
             ax.scatter(bad, [0.97 - 0.025 * (i % 4)] * len(bad), marker="x", color=color, s=30,
-                       transform=ax.get_xaxis_transform(), label=None if ok else short_label(curve))
+                       transform=ax.get_xaxis_transform(), label=None if ok else label(curve))
     return drawn
 
 
@@ -159,16 +190,21 @@ def draw_lr_curves(s, cfg):
     cols = min(3, len(groups))
     rows = -(-len(groups) // cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols + (2.5 if not multiples else 0),
-                                                 3.4 * rows), squeeze=False, sharex=True,
+                                                 3.4 * rows + (0.5 if not multiples else 0)),
+                            squeeze=False, sharex=True,
                             sharey=True)
     styles = variant_styles(curves)
     drawn, lrs = [], [st.lr for per in s.stats.values() for st in per]
     for ax, group in zip(axs.flat, groups):
-        drawn += _lr_panel(ax, s, group, styles, s.metric)
+        # in a panel of one name, the legend names the variants only (the title names it)
+        drawn += _lr_panel(ax, s, group, styles, s.metric,
+                           label=(lambda c: variant_of(c) or name_of(c)) if multiples else short_label)
         ax.set_xscale("log")
         ax.grid(alpha=0.3, which="both")
         if multiples:
-            ax.set_title(name_of(group[0]), fontsize=9, color=color_of(group[0]))
+            # a name's one curve: its variant in the title (no legend in the panel)
+            ax.set_title(name_of(group[0]) if len(group) > 1 else short_label(group[0]),
+                         fontsize=9, color=color_of(group[0]))
             if len(group) > 1:
                 ax.legend(fontsize=6, frameon=False)
             if s.ranked and name_of(s.ranked[0]) != name_of(group[0]):   # the leader, to compare
@@ -184,8 +220,8 @@ def draw_lr_curves(s, cfg):
         axs.flat[0].set_ylim(window[0], window[1])
         if window[2]:
             note = f"; {window[2]} value(s) above {window[1]:.2f} not shown"
-    if lrs and not drawn:
-        axs.flat[0].set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
+    if lrs and (not drawn or max(lrs) / min(lrs) < 2):   # one lr: a factor 2 either side
+        axs.flat[0].set_xlim(min(lrs) / 2, max(lrs) * 2)
     for ax in axs[-1]:
         ax.set_xlabel("peak learning rate")
         label_lr_ticks(ax, lrs)
@@ -194,10 +230,26 @@ def draw_lr_curves(s, cfg):
     if not multiples:
         legend_outside(axs.flat[0])
     lead = f", dotted = {name_of(s.ranked[0])}'s best (the leader)" if multiples and s.ranked else ""
-    fig.suptitle(f"{cfg.name}: dots = each seed, line = stage-1 mean, hollow = added by "
-                 f"bracketing, star = held-out score (95% CI), x = {s.metric.bad_marks}{lead}{note}",
-                 fontsize=8)
+    # the key names what the figure shows only
+    key = ["dots = each seed", "line = stage-1 mean"]
+    if any(s.extended.get(c) for c in curves):
+        key.append("hollow = added by bracketing")
+    if any(sc.held_out and sc.values for c, sc in s.scores.items() if c in curves):
+        shared = any(f != 1.0 for g in groups for f in dodge(s, g).values())
+        key.append("star = held-out score (95% CI)" +
+                   (" (stars at one lr: left to right in legend order)" if shared else ""))
+    else:
+        key.append("no held-out stage (each lr chosen and scored on the same seeds)")
+    if any(st.n_bad for c in curves for st in s.stats[c]):
+        key.append(f"x = {s.metric.bad_marks}")
+    import textwrap
+    # the key in lines that fit the figure's width (about 17 characters an inch at 8 points;
+    # tight_layout makes room for the lines, not for matplotlib's own wrapping)
+    lines = textwrap.wrap(f"{cfg.name}: " + ", ".join(key) + f"{lead}{note}",
+                          int(17 * fig.get_figwidth()))
+    fig.suptitle("\n".join(lines), fontsize=8)
     fig.tight_layout()
+    below_title(fig)
     return fig
 
 
@@ -267,6 +319,7 @@ def draw_lr_grid_curves(s, cfg):
     fig.suptitle(f"{cfg.name}: each lr of each grid (mean over the stage-1 seeds); thick = chosen",
                  fontsize=9)
     fig.tight_layout()
+    below_title(fig)
     return fig
 
 
@@ -338,14 +391,22 @@ def draw_verdicts(s, cfg):
     plt = pyplot()
     m = s.metric
     pairs = s.verdicts
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(pairs), 1) + 1.4))
+    height = 0.45 * max(len(pairs), 1) + 1.4
+    fig, ax = plt.subplots(figsize=(11, height))
+    # room for the pairs' names on the left and their numbers on the right (savefig's tight
+    # box trims what is left over)
+    fig.subplots_adjust(left=0.34, right=0.68, top=1 - 0.45 / height, bottom=0.75 / height)
     for i, v in enumerate(pairs):
         ok = v.n >= 2 and not math.isnan(v.low)
         color = "black" if v.decided else "gray"
         ax.errorbar([v.mean], [i], xerr=[[v.mean - v.low], [v.high - v.mean]] if ok else None,
                     fmt="o", color=color, capsize=3)
-        ax.annotate("decided" if v.decided else "tie", (v.high if ok else v.mean, i),
-                    textcoords="offset points", xytext=(6, -3), fontsize=7, color=color)
+        # the numbers beside each row: a resolved gap next to a large one stays readable
+        d = m.digits
+        numbers = f"{v.mean:+.{d}f}" + (f" [{v.low:+.{d}f}, {v.high:+.{d}f}]" if ok else "") + \
+            f", n={v.n}"
+        ax.annotate(f"{'decided' if v.decided else 'tie'}: {numbers}", (1.02, i),
+                    xycoords=("axes fraction", "data"), va="center", fontsize=7, color=color)
     ax.axvline(0, color="red", lw=0.8)
     ax.set_yticks(range(len(pairs)), [f"{short_label(v.a)} - {short_label(v.b)}" for v in pairs],
                   fontsize=7)
@@ -355,7 +416,6 @@ def draw_verdicts(s, cfg):
     ax.set_title(f"{cfg.name}: adjacent pairs of the ranking, 95% t interval over "
                  f"{'the held-out' if held else 'the tuning'} seeds", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
     return fig
 
 
@@ -368,6 +428,7 @@ def draw_grid_axis(s, cfg, key: str):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     optimizers = list(dict.fromkeys(name_of(c) for c in s.stats))
+    drawn = []
     for opt in optimizers:
         xs, means, errs = [], [], []
         for v in sorted(cfg.grid[key]):
@@ -384,13 +445,19 @@ def draw_grid_axis(s, cfg, key: str):
         if xs:
             ax.errorbar(xs, means, yerr=list(zip(*errs)), fmt="o-", color=color_of(opt),
                         capsize=3, label=opt)
+            drawn += means
+    if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > 10:
+        ax.set_yscale("log")   # scores over decades (tokens against the batch): each step visible
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(cfg.grid[key]), [str(v) for v in sorted(cfg.grid[key])])
     ax.set_xlabel(key)
     ax.set_ylabel(s.metric.axis_label)
     held = any(sc.held_out for sc in s.scores.values())
+    none = [short_label(c) for c in s.stats if c not in s.curves]   # no run reached a value
     ax.set_title(f"{cfg.name}: {'held-out seeds' if held else 'stage-1 seeds'} at each curve's "
-                 f"chosen point, 95% CI; k/n: runs that reached a value", fontsize=9)
+                 f"chosen point, 95% CI; k/n: runs that reached a value" +
+                 (f"\nno value at any lr ({s.metric.bad}): {', '.join(none)}" if none else ""),
+                 fontsize=9)
     ax.grid(alpha=0.3, which="both")
     legend_outside(ax)
     return fig
@@ -427,7 +494,7 @@ def draw_grid_lr(s, cfg, key: str):
 
 def draw_tuning(s, cfg) -> Optional[object]:
     """Sensitivity: per tuned axis (a panel each) every curve's metric against the axis' values
-    in its last sweep, 95% t bands, the chosen value ringed."""
+    in its last sweep, each seed a dot and the mean a line, the chosen value ringed."""
     keys = list(dict.fromkeys(a.key for c in s.curves.values() if c.tuning
                               for a in c.tuning.axes))
     if not keys:
@@ -451,9 +518,10 @@ def draw_tuning(s, cfg) -> Optional[object]:
             color, (ls, marker) = color_of(curve), styles[curve]
             ax.plot(xs, [r[0] for r in rows], ls=ls, marker=marker, color=color,
                     label=short_label(curve), ms=4)
-            ax.fill_between(xs, [r[1] if not math.isnan(r[1]) else r[0] for r in rows],
-                            [r[2] if not math.isnan(r[2]) else r[0] for r in rows],
-                            color=color, alpha=0.1, lw=0)
+            # each seed's value as a dot (a t band over 2 seeds spans everything: lr_curves')
+            for v, st in pts:
+                ax.scatter([v] * len(st.values), st.values, s=8, color=color, alpha=0.45,
+                           marker=marker, lw=0)
             chosen = next((st for v, st in pts if v == a.chosen), None)
             if chosen is not None:
                 ax.plot([a.chosen], [chosen.mean], "o", ms=11, mfc="none", color=color)
@@ -468,7 +536,7 @@ def draw_tuning(s, cfg) -> Optional[object]:
         ax.grid(alpha=0.3, which="both")
     legend_outside(axs[0][-1])
     fig.suptitle(f"{cfg.name}: sensitivity around each tuned point (last sweep of each axis, "
-                 "tuning seeds, 95% CI; ring = chosen)", fontsize=9)
+                 "tuning seeds: dots = each seed, line = mean; ring = chosen)", fontsize=9)
     return fig
 
 

@@ -85,8 +85,9 @@ def test_forest_plot_has_a_row_per_adjacent_pair(synthetic):
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) == len(s.verdicts) == 2
-    notes = [t.get_text() for t in ax.texts]
+    notes = [t.get_text().split(":")[0] for t in ax.texts]
     assert notes.count("tie") == 1 and notes.count("decided") == 1   # muon ≈ namo < adamw
+    assert all("[" in t.get_text() and "n=4" in t.get_text() for t in ax.texts)   # the numbers
     pyplot().close(fig)
 
 
