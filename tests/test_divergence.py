@@ -1,5 +1,5 @@
-"""Divergence: trainer/loop.py's DivergenceWatch (add(loss, step) each step, read() at the loop's
-look points -> (the 1-based FIRST diverged step or None, the last loss)) on hand-made loss
+"""Divergence: trainer/divergence.py's DivergenceWatch (add(loss, step) each step, read() at the
+loop's look points -> (the 1-based FIRST diverged step or None, the last loss)) on hand-made loss
 sequences, StepLoss (the look points, and each step's StepOutcome), and train.py end to end: a
 run whose train loss goes bad at a known step ends with summary.json's diverged_at_step = that
 step (1-based) and steps = diverged_at_step - 1 (the rollback: the bad step's update is never
@@ -15,7 +15,7 @@ import torch
 import train
 from runs import tiny_args
 from trainer.config import TrainConfig
-from trainer.loop import DivergenceWatch, StepLoss, StepOutcome
+from trainer.divergence import DivergenceWatch, StepLoss, StepOutcome
 
 
 def feed(watch: DivergenceWatch, losses: list, start: int) -> None:
