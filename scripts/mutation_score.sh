@@ -32,7 +32,8 @@ MODULES=(
   "sweeper/paired.py|tests/test_paired.py"
   "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py"
   "sweeper/stages.py|tests/test_stages.py tests/test_coordinate_descent.py"
-  "trainer/checkpoint.py|tests/test_train.py tests/test_run_dir.py tests/test_gpu_engineering.py"
+  "trainer/checkpoint.py|tests/test_checkpoint_unit.py"
+  "trainer/divergence.py|tests/test_divergence.py"
   "trainer/loop.py|tests/test_train.py tests/test_gpu_engineering.py"
   "data/lm.py|tests/test_data.py tests/test_shards.py"
 )
