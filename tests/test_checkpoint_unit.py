@@ -402,6 +402,20 @@ def test_pickled_objects_are_not_loaded(tmp_path):
         checkpoint.load(tmp_path / "ckpt.pt")
 
 
+def test_pickled_objects_are_refused_even_where_the_environment_allows_them(tmp_path,
+                                                                          monkeypatch):
+    """weights_only is passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which turns off
+    torch's default (weights_only=None), does not turn off the refusal."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    model, opt, scaler = tiny()
+    save(tmp_path, model, opt, scaler)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    state["best_val_loss"] = fractions.Fraction(1, 3)
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match="cannot be read .Weights only load failed.: it is"):
+        checkpoint.load(tmp_path / "ckpt.pt")
+
+
 def test_load_maps_to_the_location_given(tmp_path):
     model, opt, scaler = tiny()
     save(tmp_path, model, opt, scaler)
@@ -453,6 +467,44 @@ def test_to_host_copies_the_state_as_it_is_now():
                                                                    (torch.tensor(4.0), "s")],
                              "c": 5, "d": None})
     assert not host["a"].requires_grad and type(host["b"][1]) is tuple
+
+
+def test_a_write_in_flight_does_not_keep_the_process_alive(tmp_path, monkeypatch):
+    """The writer's thread is a daemon: a process that ends (a crash, a second signal) while a
+    write is blocked is not held open by it (the atomic write leaves the old checkpoint)."""
+    release, started = threading.Event(), threading.Event()
+    real_save = torch.save
+
+    def blocked_save(obj, f):
+        started.set()
+        assert release.wait(timeout=60)
+        real_save(obj, f)
+    monkeypatch.setattr(torch, "save", blocked_save)
+    writer = checkpoint.Writer()
+    writer.submit(tmp_path / "ckpt.pt", {"step": 1})
+    try:
+        assert started.wait(timeout=60)
+        [thread] = [t for t in threading.enumerate() if t.name == "checkpoint-writer"]
+        assert thread.daemon is True and thread.is_alive()
+    finally:
+        release.set()
+        writer.wait()
+    assert not [t for t in threading.enumerate() if t.name == "checkpoint-writer"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a GPU's tensors (none here)")
+def test_to_host_copies_gpu_tensors_to_pinned_host_memory():
+    """From a GPU: a pinned host tensor of the same shape, dtype and values (the copy does not
+    block; torch.cuda.synchronize before reading it, as Writer.submit does)."""
+    x = torch.arange(12, dtype=torch.bfloat16, device="cuda").reshape(3, 4)
+    host = checkpoint.to_host({"x": x, "n": [torch.tensor([7], dtype=torch.int32,
+                                                          device="cuda")]})
+    torch.cuda.synchronize()
+    assert host["x"].device.type == "cpu" and host["x"].is_pinned()
+    assert host["x"].dtype == torch.bfloat16 and host["x"].shape == (3, 4)
+    assert torch.equal(host["x"], torch.arange(12, dtype=torch.bfloat16).reshape(3, 4))
+    assert host["n"][0].is_pinned() and torch.equal(host["n"][0],
+                                                    torch.tensor([7], dtype=torch.int32))
 
 
 def test_writer_writes_in_the_background_and_raises_a_failure_once(tmp_path, monkeypatch):
