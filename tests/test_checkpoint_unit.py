@@ -507,6 +507,17 @@ def test_to_host_copies_gpu_tensors_to_pinned_host_memory():
                                                     torch.tensor([7], dtype=torch.int32))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.is_initialized(),
+                    reason="a GPU that this process has not used yet (none here)")
+def test_a_cpu_runs_write_does_not_start_cuda(tmp_path):
+    """A CPU run on a machine with a GPU: the writer waits for CUDA copies only when CUDA is in
+    use, and so does not create a CUDA context of its own."""
+    writer = checkpoint.Writer()
+    writer.submit(tmp_path / "ckpt.pt", {"step": 1, "w": torch.ones(2)})
+    writer.wait()
+    assert not torch.cuda.is_initialized()
+
+
 def test_writer_writes_in_the_background_and_raises_a_failure_once(tmp_path, monkeypatch):
     writer = checkpoint.Writer()
     writer.wait()                                   # nothing submitted: nothing to wait for

@@ -183,6 +183,31 @@ def test_the_rollback_keeps_the_steps_before_the_first_bad_one():
     assert StepOutcome().kept_steps is None
 
 
+def test_the_verdict_stays_on_the_runs_device():
+    """The verdict so far (DivergenceWatch.first: the 0-based first bad step, or a negative "none
+    yet") is a 0-dim int64 tensor on the run's device, so that a read updates it there without
+    a host sync or a copy between devices; StepLoss puts its watch on the device it is given
+    ("meta" here: a device other than the CPU this machine has)."""
+    watch = DivergenceWatch(limit=10.0, device="meta")
+    assert watch.first.device.type == "meta" and watch.first.dtype == torch.int64
+    assert watch.first.shape == ()
+    losses = StepLoss(TrainConfig(diverge_loss=7.0), device="meta")
+    assert losses.watch.first.device.type == "meta" and losses.watch.limit == 7.0
+    assert DivergenceWatch(limit=10.0, device="cpu").first.tolist() < 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a GPU (none here)")
+def test_the_watch_on_a_gpu():
+    """On a GPU the losses, the steps and the verdict stay on it until the one read."""
+    watch = DivergenceWatch(limit=10.0, device="cuda")
+    for i, loss in enumerate([3.0, 2.0, 50.0, math.nan, 1.5]):
+        watch.add(torch.tensor(loss, dtype=torch.float64, device="cuda"), 4 + i)
+    assert watch.first.device.type == "cuda"
+    assert watch.read() == (7, 1.5)
+    watch.add(torch.tensor(1.0, dtype=torch.float64, device="cuda"), 9)
+    assert watch.read() == (7, 1.0)
+
+
 # ---- train.py end to end -------------------------------------------------------------------------
 
 def bad_loss_at(monkeypatch, bad: dict) -> None:
