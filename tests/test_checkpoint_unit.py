@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fractions
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -469,6 +470,10 @@ def test_to_host_copies_the_state_as_it_is_now():
     assert not host["a"].requires_grad and type(host["b"][1]) is tuple
 
 
+def writers() -> list:
+    return [t for t in threading.enumerate() if t.name == "checkpoint-writer" and t.is_alive()]
+
+
 def test_a_write_in_flight_does_not_keep_the_process_alive(tmp_path, monkeypatch):
     """The writer's thread is a daemon: a process that ends (a crash, a second signal) while a
     write is blocked is not held open by it (the atomic write leaves the old checkpoint)."""
@@ -483,13 +488,16 @@ def test_a_write_in_flight_does_not_keep_the_process_alive(tmp_path, monkeypatch
     writer = checkpoint.Writer()
     writer.submit(tmp_path / "ckpt.pt", {"step": 1})
     try:
-        assert started.wait(timeout=60)
-        [thread] = [t for t in threading.enumerate() if t.name == "checkpoint-writer"]
+        deadline = time.time() + 60
+        while not started.is_set():                 # fails at once if the write never starts
+            assert writers() and time.time() < deadline, "the write did not start"
+            time.sleep(0.005)
+        [thread] = writers()
         assert thread.daemon is True and thread.is_alive()
     finally:
         release.set()
         writer.wait()
-    assert not [t for t in threading.enumerate() if t.name == "checkpoint-writer"]
+    assert not writers()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a GPU's tensors (none here)")
