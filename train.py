@@ -31,7 +31,8 @@ from configs.errors import UserError, run_cli
 from trainer import checkpoint
 from trainer.config import RunConfig  # noqa: F401 (registers configs/config.yaml's root)
 from trainer.distributed import DistEnv, exit_rank, on_rank0, setup, teardown
-from trainer.loop import (Progress, StepLoss, StepTimer, evaluate, final_eval, finish,
+from trainer.divergence import StepLoss
+from trainer.loop import (Progress, StepTimer, evaluate, final_eval, finish,
                           forward_backward, optimizer_step, set_lr)
 from trainer.outputs import (EXIT_INTERRUPTED, FileLock, RunLogger, Status, prepare_out_dir,
                              read_metrics, truncate_metrics, write_atomic, write_hydra_record)
@@ -286,7 +287,7 @@ class Run:
             if outcome.log:                # the read has just synced: time the interval now
                 lap = timer.window(synced=True)
             if outcome.diverged_at is not None:
-                p.diverged_at, p.step = outcome.diverged_at, outcome.diverged_at - 1
+                p.diverged_at, p.step = outcome.diverged_at, outcome.kept_steps
                 self.bar.write(f"diverged at step {p.diverged_at}: train loss non-finite or "
                                f"above train.diverge_loss={t.diverge_loss}")
                 break

@@ -32,8 +32,8 @@ MODULES=(
   "sweeper/paired.py|tests/test_paired.py"
   "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py"
   "sweeper/stages.py|tests/test_stage_decisions.py tests/test_stages.py::test_extension_lr"
-  "trainer/checkpoint.py|tests/test_train.py tests/test_run_dir.py tests/test_gpu_engineering.py"
-  "trainer/loop.py|tests/test_train.py tests/test_gpu_engineering.py"
+  "trainer/checkpoint.py|tests/test_checkpoint_unit.py"
+  "trainer/divergence.py|tests/test_divergence.py"
   "data/lm.py|tests/test_lm_windows.py tests/test_shards.py::test_sequential_steps_are_track3s_stream"
 )
 

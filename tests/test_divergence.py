@@ -1,5 +1,5 @@
-"""Divergence: trainer/loop.py's DivergenceWatch (add(loss, step) each step, read() at the loop's
-look points -> (the 1-based FIRST diverged step or None, the last loss)) on hand-made loss
+"""Divergence: trainer/divergence.py's DivergenceWatch (add(loss, step) each step, read() at the
+loop's look points -> (the 1-based FIRST diverged step or None, the last loss)) on hand-made loss
 sequences, StepLoss (the look points, and each step's StepOutcome), and train.py end to end: a
 run whose train loss goes bad at a known step ends with summary.json's diverged_at_step = that
 step (1-based) and steps = diverged_at_step - 1 (the rollback: the bad step's update is never
@@ -15,7 +15,7 @@ import torch
 import train
 from runs import tiny_args
 from trainer.config import TrainConfig
-from trainer.loop import DivergenceWatch, StepLoss, StepOutcome
+from trainer.divergence import DivergenceWatch, StepLoss, StepOutcome
 
 
 def feed(watch: DivergenceWatch, losses: list, start: int) -> None:
@@ -102,6 +102,110 @@ def test_step_loss_reports_the_first_bad_step_at_the_next_read():
                 for s in range(10)]
     assert all(o.diverged_at is None for o in outcomes[:9])
     assert outcomes[9].read and outcomes[9].diverged_at == 9 and outcomes[9].loss == 50.0
+
+
+def test_a_bad_first_step_is_step_1_and_stays_the_verdict():
+    """0-based step 0 bad: diverged at 1 (the 0-based index 0 is a verdict, not "none yet"), and
+    a later bad step does not replace it."""
+    watch = DivergenceWatch(limit=10.0, device="cpu")
+    feed(watch, [math.nan, 3.0], start=0)
+    assert watch.read() == (1, 3.0)
+    feed(watch, [2.0, 50.0, 2.5], start=2)
+    assert watch.read() == (1, 2.5)
+
+
+def test_the_last_loss_is_the_last_steps_of_the_window():
+    watch = DivergenceWatch(limit=10.0, device="cpu")
+    feed(watch, [4.0, 3.0, 2.0, 1.5], start=0)
+    assert watch.read() == (None, 1.5)
+    feed(watch, [1.25], start=4)                      # a window of one step
+    assert watch.read() == (None, 1.25)
+
+
+class TwoRanks:
+    """A stand-in for a 2-rank torchrun (DistEnv's enabled and world_size): the other rank's
+    losses are `other`, and all_reduce sums them in place."""
+    enabled, world_size = True, 2
+
+    def __init__(self, monkeypatch, other: list):
+        self.other = list(other)
+        monkeypatch.setattr(torch.distributed, "all_reduce", self.all_reduce)
+
+    def all_reduce(self, tensor):
+        n = len(tensor)
+        tensor += torch.tensor(self.other[:n], dtype=tensor.dtype)
+        del self.other[:n]
+
+
+def test_the_verdict_is_on_the_mean_over_ranks(monkeypatch):
+    """Under torchrun the losses are averaged over the ranks before the verdict: rank 0's 12 at
+    0-based step 1 with the other rank's 6 is 9 <= 10 (healthy), rank 0's 4 at step 2 with 30 is
+    17 > 10 (diverged at 3); the last loss read is the last step's mean, (12 + 6) / 2 and
+    (2 + 4) / 2."""
+    env = TwoRanks(monkeypatch, [2.0, 6.0, 30.0, 4.0])
+    watch = DivergenceWatch(limit=10.0, device="cpu", env=env)
+    feed(watch, [2.0, 12.0], start=0)
+    assert watch.read() == (None, 9.0)
+    feed(watch, [4.0, 2.0], start=2)
+    assert watch.read() == (3, 3.0)
+
+
+def test_step_loss_averages_over_the_ranks(monkeypatch):
+    """StepLoss hands its watch the run's DistEnv: rank 0's losses 30 at every step with the
+    other rank's 2 average 16 <= train.diverge_loss 20."""
+    env = TwoRanks(monkeypatch, [2.0] * 5)
+    losses = StepLoss(TrainConfig(max_iters=10, log_interval=5, eval_interval=100,
+                                  ckpt_interval=0, diverge_loss=20.0), device="cpu", env=env)
+    outcomes = [losses.after_backward(torch.tensor(30.0, dtype=torch.float64), s)
+                for s in range(5)]
+    assert outcomes[4] == StepOutcome(read=True, log=True, loss=16.0, diverged_at=None)
+
+
+@pytest.mark.parametrize("diverge_loss,diverged_at", [(20.0, 3), (30.0, None), (25.0, None),
+                                                     (24.5, 3)])
+def test_step_loss_uses_train_diverge_loss(diverge_loss, diverged_at):
+    """A finite loss of 25 at 0-based step 2 is divergence exactly when train.diverge_loss is
+    below 25."""
+    t = TrainConfig(max_iters=10, log_interval=5, eval_interval=100, ckpt_interval=0,
+                    diverge_loss=diverge_loss)
+    losses = StepLoss(t, device="cpu")
+    outcomes = [losses.after_backward(torch.tensor(25.0 if s == 2 else 3.0,
+                                                   dtype=torch.float64), s) for s in range(5)]
+    assert outcomes[4] == StepOutcome(read=True, log=True, loss=3.0, diverged_at=diverged_at)
+
+
+def test_the_rollback_keeps_the_steps_before_the_first_bad_one():
+    """StepOutcome.kept_steps: the step count a diverged run ends with (train.py sets its step
+    to it and applies no update): 12 for a divergence at step 13, 0 at step 1; None if healthy."""
+    assert StepOutcome(read=True, loss=1e9, diverged_at=13).kept_steps == 12
+    assert StepOutcome(read=True, loss=math.nan, diverged_at=1).kept_steps == 0
+    assert StepOutcome(read=True, loss=3.0).kept_steps is None
+    assert StepOutcome().kept_steps is None
+
+
+def test_the_verdict_stays_on_the_runs_device():
+    """The verdict so far (DivergenceWatch.first: the 0-based first bad step, or a negative "none
+    yet") is a 0-dim int64 tensor on the run's device, so that a read updates it there without
+    a host sync or a copy between devices; StepLoss puts its watch on the device it is given
+    ("meta" here: a device other than the CPU this machine has)."""
+    watch = DivergenceWatch(limit=10.0, device="meta")
+    assert watch.first.device.type == "meta" and watch.first.dtype == torch.int64
+    assert watch.first.shape == ()
+    losses = StepLoss(TrainConfig(diverge_loss=7.0), device="meta")
+    assert losses.watch.first.device.type == "meta" and losses.watch.limit == 7.0
+    assert DivergenceWatch(limit=10.0, device="cpu").first.tolist() < 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a GPU (none here)")
+def test_the_watch_on_a_gpu():
+    """On a GPU the losses, the steps and the verdict stay on it until the one read."""
+    watch = DivergenceWatch(limit=10.0, device="cuda")
+    for i, loss in enumerate([3.0, 2.0, 50.0, math.nan, 1.5]):
+        watch.add(torch.tensor(loss, dtype=torch.float64, device="cuda"), 4 + i)
+    assert watch.first.device.type == "cuda"
+    assert watch.read() == (7, 1.5)
+    watch.add(torch.tensor(1.0, dtype=torch.float64, device="cuda"), 9)
+    assert watch.read() == (7, 1.0)
 
 
 # ---- train.py end to end -------------------------------------------------------------------------
