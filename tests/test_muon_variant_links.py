@@ -113,7 +113,7 @@ def test_adamuon_post_two_calls_against_algorithm_1(shape):
         torch.testing.assert_close(states[1]["update_second_moment"], V[1:], rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + [(4, 4)])   # square: per row, as the record
 @pytest.mark.parametrize("scale", ["original", "moonlight", "none"])
 def test_normuonh_post_two_calls_with_the_clamp_binding(shape, scale):
     """NorMuonH (modded-nanogpt normuon_update): U = s O, v <- mu2 v + (1 - mu2) mean(U²) along
