@@ -87,3 +87,19 @@ def test_gram_costs_about_half_of_polar_express_on_a_wide_matrix():
     f_tall, tall = flops(polar.orthogonalize, G.mT, "gram", 5, torch.float64)
     assert f_tall == f_gram
     torch.testing.assert_close(tall, gram.mT, rtol=0, atol=1e-12)
+
+
+# ---- the dtype rule of every orthogonalizer (what the distributed engine gathers) -------------
+
+@pytest.mark.parametrize("ns", sorted(polar.ORTHOGONALIZERS))
+@pytest.mark.parametrize("ns_dtype, x_dtype", [("bfloat16", torch.float32),
+                                               ("float32", torch.float64)])
+def test_each_orthogonalizer_returns_the_dtype_its_rule_declares(ns, ns_dtype, x_dtype):
+    """An iteration returns optimizer.ns_dtype, the SVD its input's dtype (the module doc's
+    dtype rule), and the Chain's declared result dtype is the one it returns."""
+    from optim.rules import TORCH_DTYPES, ns_result_dtype, orthogonalize_transform
+    X = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(1), dtype=x_dtype)
+    group = dict(ns=ns, ns_steps=3, ns_dtype=ns_dtype, ns_eps=1e-7)
+    want = x_dtype if ns == "svd" else TORCH_DTYPES[ns_dtype]
+    assert polar.orthogonalizer(ns).result_dtype(TORCH_DTYPES[ns_dtype], x_dtype) == want
+    assert orthogonalize_transform(group, X).dtype == ns_result_dtype(group, X) == want
