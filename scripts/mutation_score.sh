@@ -30,7 +30,7 @@ MODULES=(
   "optim/dion.py|tests/test_dion.py"
   "optim/muon_variants.py|tests/test_muon_family.py tests/test_hyperball.py tests/test_track3_wrappers.py tests/test_optim.py tests/test_muon_variant_links.py"
   "sweeper/paired.py|tests/test_paired.py"
-  "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py"
+  "sweeper/speedup.py|tests/test_paired.py tests/test_stages.py tests/test_speedup_reference.py"
   "sweeper/stages.py|tests/test_stages.py tests/test_coordinate_descent.py"
   "trainer/checkpoint.py|tests/test_train.py tests/test_run_dir.py tests/test_gpu_engineering.py"
   "trainer/loop.py|tests/test_train.py tests/test_gpu_engineering.py"
