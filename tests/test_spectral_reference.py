@@ -231,7 +231,6 @@ def test_workspace_replaces_a_buffer_whose_shape_dtype_or_device_changed():
 
 def test_kernels_keep_the_device_of_their_input():
     """On the meta device (no data): results and workspace buffers follow the input's device."""
-    X = torch.empty(2, 12, 20, device="meta")
     for shape in [(2, 12, 20), (2, 20, 12)]:
         X = torch.empty(*shape, device="meta")
         work = spectral.Workspace()
@@ -408,3 +407,107 @@ def test_inverse_root_does_not_depend_on_the_default_dtype():
     finally:
         torch.set_default_dtype(previous)
     assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+# ---- DynMuon's Taylor power, the exact power, the Schatten-4 start -----------------------------
+
+def polar64(Y):
+    """U Vᵀ by float64 SVD, returned in float64 whatever Y's dtype (taylor_power casts it)."""
+    U, _, Vh = torch.linalg.svd(Y.double(), full_matrices=False)
+    return U @ Vh
+
+
+def taylor64(X, p, eps):
+    """DynMuon's kernel per singular value, float64: on the wide side, scale = ||X||_F + eps,
+    σn = σ / scale, c = 1 + δ (σn² - 1) + δ (δ - 1) / 2 (σn² - 1)² with δ = p / 2, result
+    scale^p U diag(c) Vᵀ."""
+    X = X.double()
+    tall = X.size(-2) > X.size(-1)
+    W = X.mT if tall else X
+    scale = W.norm(dim=(-2, -1), keepdim=True) + eps
+    U, S, Vh = torch.linalg.svd(W / scale, full_matrices=False)
+    d, e = p / 2, S ** 2 - 1
+    c = 1 + d * e + d * (d - 1) / 2 * e ** 2
+    out = (U * c.unsqueeze(-2)) @ Vh * scale ** p
+    return out.mT if tall else out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_taylor_power_is_dynmuons_quadratic(shape):
+    """Against the quadratic per singular value (float64), eps large enough to matter, every
+    matrix of a stack scaled by its own norm; p = 0 is the polar factor of X / (||X|| + eps)."""
+    X = sample(shape, 22)
+    if len(shape) > 2:
+        X = X * torch.logspace(-3, 3, X.shape[0], dtype=F64).view(-1, *[1] * (len(shape) - 1))
+    for p in (-0.5, 0.25, 0.6, 1.0, 0.0):
+        for eps in (1e-7, 0.5):
+            got = spectral.taylor_power(X, p, polar64, eps=eps)
+            assert got.dtype == F64 and got.shape == X.shape
+            assert rel(got, taylor64(X, p, eps)) < 1e-12, (p, eps)
+
+
+def test_taylor_power_dtypes_and_cost():
+    """float32 at least inside (a bf16 X: the float32 computation of its values, cast back),
+    `polar`'s result cast to that dtype, and the Gram on the short side."""
+    X = sample((2, 12, 20), 23, torch.bfloat16)
+    for p in (-0.25, 0.25, 0):
+        got = spectral.taylor_power(X, p, polar64)
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, spectral.taylor_power(X.float(), p, polar64).to(torch.bfloat16))
+        assert rel(got, taylor64(X, p, 1e-7)) < 5e-3
+        f32 = spectral.taylor_power(X.float(), p, polar64)
+        assert f32.dtype == torch.float32 and rel(f32, taylor64(X, p, 1e-7)) < 1e-5
+    Y = sample((2, 8, 32), 24, torch.float32)
+    assert flops(spectral.taylor_power, Y, 0.5, polar64) == flops(spectral.taylor_power, Y.mT,
+                                                                 0.5, polar64) > 0
+    previous = torch.get_default_dtype()
+    want = spectral.taylor_power(Y, 0.5, polar64)
+    torch.set_default_dtype(F64)
+    try:
+        got = spectral.taylor_power(Y, 0.5, polar64)
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    M = torch.empty(2, 12, 20, device="meta")
+    assert spectral.taylor_power(M, 0.5, lambda Z: Z).device.type == "meta"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exact_power_against_svd(shape):
+    """U Σ^p Vᵀ for negative and positive p, per matrix of a stack of unlike scales, singular
+    values below 1 included; a rank-deficient matrix keeps its zero singular values at zero."""
+    X = sample(shape, 25, scale=0.01)
+    if len(shape) > 2:
+        X = X * torch.logspace(-4, 4, X.shape[0], dtype=F64).view(-1, *[1] * (len(shape) - 1))
+    for p in (-1.0, -0.25, 0.25, 0.5, 0.0):
+        got = spectral.exact_power(X, p)
+        assert got.dtype == F64 and rel(got, svd_power64(X, p)) < 1e-10, p
+    L = sample((20, 3), 26) @ sample((3, 16), 27)
+    for p in (-0.5, 0.5):
+        got = spectral.exact_power(L, p)
+        assert rel(got, svd_power64(L, p)) < 1e-10
+        assert torch.linalg.matrix_rank(got, rtol=1e-6) == 3
+    D = torch.diag(torch.tensor([1.0, 1e-7, 0.25], dtype=F64))      # 1e-7: exactly the cut
+    want = torch.diag(torch.tensor([1.0, 0.0, 2.0], dtype=F64))
+    assert torch.allclose(spectral.exact_power(D, -0.5), want, atol=1e-15)
+    B = sample((12, 8), 28, torch.bfloat16)
+    got = spectral.exact_power(B, -0.5)
+    assert got.dtype == torch.bfloat16 and rel(got, svd_power64(B, -0.5)) < 5e-3
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 32), (2, 32, 8), (8, 32), (32, 8), (3, 2, 8, 24)])
+def test_schatten4_start_per_matrix_on_the_small_gram(shape):
+    """steps = 0: X0 = G / max((Σ σ⁴)^(1/4), eps), per matrix of a stack of unlike scales, its
+    Gram the small one (FLOPs: 2 k² l per matrix), with and without a workspace."""
+    G = sample(shape, 29)
+    if len(shape) > 2:
+        G = G * torch.logspace(-2, 2, G.shape[0], dtype=F64).view(-1, *[1] * (len(shape) - 1))
+    S = torch.linalg.svdvals(G)
+    want = G / (S ** 4).sum(-1).pow(0.25)[..., None, None].clamp_min(0.2)
+    *batch, m, n = shape
+    gram = 2 * min(m, n) ** 2 * max(m, n) * int(torch.tensor(batch).prod())
+    for work in (None, spectral.Workspace()):
+        got = spectral.newton_schulz(G, 0, eps=0.2, dtype=F64, work=work, norm="schatten4")
+        assert rel(got, want) < 1e-12
+        assert flops(spectral.newton_schulz, G.float(), 0, dtype=torch.float32, work=work,
+                     norm="schatten4") == gram
