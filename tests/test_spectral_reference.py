@@ -322,6 +322,8 @@ def test_powers_of_low_precision_inputs_are_computed_in_float32(dtype):
                 continue
             got = spectral.spectral_power(X, p, method=method)
             assert got.dtype == dtype, (p, method)
+            # the float32 computation of the same values, cast back (not one in `dtype`)
+            assert torch.equal(got, spectral.spectral_power(X.float(), p, method=method).to(dtype))
             assert rel(got, svd_power64(X, p)) < 5e-3, (p, method, rel(got, svd_power64(X, p)))
     O = spectral.polar_svd(X)
     assert O.dtype == dtype and rel(O, svd_power64(X, 0)) < 5e-3
