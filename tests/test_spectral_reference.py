@@ -513,3 +513,18 @@ def test_schatten4_start_per_matrix_on_the_small_gram(shape):
         assert rel(got, want) < 1e-12
         assert flops(spectral.newton_schulz, G.float(), 0, dtype=torch.float32, work=work,
                      norm="schatten4") == gram
+
+
+def test_inverse_root_defaults_are_15_steps_and_a_1e6_ridge():
+    """Called with the defaults, an eigenvalue 1e-6 of the largest is still converging at step
+    15: the result is the per-eigenvalue map after exactly 15 steps with eps = 1e-6."""
+    Q = torch.linalg.qr(sample((6, 6), 30))[0]
+    lam = torch.tensor([1.0, 0.5, 0.1, 1e-3, 1e-5, 1e-6], dtype=F64)
+    A = (Q * lam) @ Q.T
+    norm = A.norm()
+    want = (Q * coupled_per_eigenvalue(lam, norm, 4, 15, 1e-6)) @ Q.T
+    assert rel(want, (Q * coupled_per_eigenvalue(lam, norm, 4, 16, 1e-6)) @ Q.T) > 1e-3
+    assert rel(spectral.inverse_root_coupled(A, 4), want) < 1e-10
+    assert rel(spectral.inverse_fourth_root_coupled(A), want) < 1e-10
+    want2 = (Q * coupled_per_eigenvalue(lam, norm, 2, 15, 1e-6)) @ Q.T
+    assert rel(spectral.inverse_root_coupled(A, 2), want2) < 1e-10
