@@ -245,9 +245,8 @@ def spectral_power(X: Tensor, p: float, steps: int = 15, ns_steps: int = 5,
     coupled inverse fourth root on the smaller Gram; p = 1/4 as Psi_1/2(Psi_1/2(X)). Since
     Psi_p(cX) = c^p Psi_p(X), X is first divided by its Frobenius norm (so the Gram neither
     under- nor overflows) and the result scaled back; out_dtype: p = 0's result dtype (see
-    newton_schulz). method="svd": the exact reference from the
-    SVD; there singular values below a relative 1e-7 count as zero, so p = 0 maps a zero matrix
-    to zero, as NS does.
+    newton_schulz). method="svd": the exact reference from the SVD; there singular values at
+    or below a relative 1e-7 count as zero, so p = 0 maps a zero matrix to zero, as NS does.
     """
     if p not in POWERS:
         raise UserError(f"spectral power p={p} not in the family {{1, 1/2, 1/4, 0}}: "
@@ -303,7 +302,7 @@ def taylor_power(X: Tensor, p: float, polar, eps: float = 1e-7) -> Tensor:
 
 def exact_power(X: Tensor, p: float) -> Tensor:
     """U Σ^p Vᵀ for any real p by the SVD (the float64 reference of DynMuon's kernel); singular
-    values below a relative 1e-7 count as zero and map to zero (so negative p stays finite)."""
+    values at or below a relative 1e-7 count as zero and map to zero (negative p stays finite)."""
     U, S, Vh = _svd(X)
     keep = S > 1e-7 * S.amax(dim=-1, keepdim=True)
     Sp = torch.where(keep, S.clamp_min(1e-300).pow(p), 0)
