@@ -83,6 +83,13 @@ def test_apply_update_equals_float64(blocks, d_dtype, cautious, as_pieces):
                 want = apply_reference(W, D, eta, rho, cautious)
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6,
                                            msg=lambda s: f"{en}, {rn}, work={work}: {s}")
+                if work is not None:   # eta D went to the workspace's buffer (a tensor eta)
+                    if isinstance(eta, torch.Tensor):
+                        assert set(work._buffers) == {"update"}
+                        torch.testing.assert_close(work._buffers["update"].double(),
+                                                   eta.double() * D.double(), rtol=1e-6, atol=0)
+                    else:
+                        assert work._buffers == {}
 
 
 @pytest.mark.parametrize("as_pieces", [False, True])
@@ -388,3 +395,92 @@ def test_the_newton_schulz_dtype_is_reported_where_an_iteration_runs(name, ns, w
     opt = build_optimizer(Matrices(), OptimizerConfig(name=name, ns=ns, ns_dtype="float32",
                                                       lr=0.02, weight_decay=0.0), log=quiet)
     assert opt.ns_dtype == want
+
+
+# ---- NAMO / NAMO-D on a parameter of several matrices (a split qkv: (k, m, n) views) ----------
+
+def test_namo_step_sizes_each_matrix_of_one_parameter():
+    """One parameter of 3 matrices (and one of 1) whose gradients differ 100x in scale: NAMO's v
+    and alpha per matrix (not per parameter), against the float64 equations at step 1 with a
+    nonzero v before it (state carried): v <- mu2 v + (1 - mu2) ||G_i||^2, alpha_i = lr_t
+    ||M_i|| / (sqrt(v_i) + eps), eta = min(alpha s, 1), rho = 1 - wd min(alpha, 1)."""
+    g = torch.Generator().manual_seed(17)
+    G = [torch.randn(3, M, N, generator=g, dtype=torch.float64)
+         * torch.tensor([1.0, 100.0, 0.01], dtype=torch.float64).view(-1, 1, 1),
+         torch.randn(1, M, N, generator=g, dtype=torch.float64)]
+    X = torch.cat([0.3 * x + 0.01 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+                   for x in G])
+    v0 = [torch.tensor([2.0, 3.0e4, 1e-4], dtype=torch.float64),
+          torch.tensor([5.0], dtype=torch.float64)]
+    states = [{"step": 2, "grad_norm_sq": v.float()} for v in v0]   # NAMO's v is float32
+    lr, mu, mu2, eps, wd = 0.4, 0.9, 0.95, 1e-8, 0.5
+    group = dict(lr=lr, momentum=mu, mu2=mu2, eps=eps, weight_decay=wd, decay_style="adaptive",
+                 scale="moonlight", matrix_shape=(M, N))
+    eta, rho = rules.namo_step(group, G, X.clone(), states)
+    lr_t = lr * math.sqrt(1 - mu2 ** 2) / (1 - mu ** 2)
+    v = torch.cat([mu2 * v + (1 - mu2) * (x ** 2).sum(dim=(1, 2)) for v, x in zip(v0, G)])
+    alpha = lr_t * X.norm(dim=(1, 2)) / (v.sqrt() + eps)
+    s = 0.2 * math.sqrt(N)
+    assert (alpha * s > 1).any() and (alpha * s < 1).any() and (alpha > 1).any()
+    torch.testing.assert_close(eta.reshape(-1).double(), (alpha * s).clamp(max=1),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(rho.reshape(-1).double(), 1 - wd * alpha.clamp(max=1),
+                               rtol=1e-6, atol=0)
+    for st, want in zip(states, v.split([3, 1])):
+        torch.testing.assert_close(st["grad_norm_sq"].double(), want, rtol=1e-6, atol=0)
+
+
+def test_namo_d_step_per_column_of_each_matrix_of_one_parameter():
+    """NAMO-D on one parameter of 3 matrices: V and d per column of each matrix (the clamp's
+    mean per matrix), c = 0.5 binding, against float64 at step 1."""
+    g = torch.Generator().manual_seed(19)
+    G = torch.randn(3, M, N, generator=g, dtype=torch.float64)
+    G = G * torch.linspace(0.05, 3.0, N, dtype=torch.float64) * torch.tensor(
+        [1.0, 10.0, 0.1], dtype=torch.float64).view(-1, 1, 1)
+    X = (1 - 0.9 ** 2) * G + 0.02 * torch.randn(G.shape, generator=g, dtype=torch.float64)
+    lr, mu, mu2, eps, wd, c = 0.05, 0.9, 0.95, 1e-8, 0.5, 0.5
+    group = dict(lr=lr, momentum=mu, mu2=mu2, eps=eps, weight_decay=wd, decay_style="adaptive",
+                 scale="moonlight", clamp_c=c, matrix_shape=(M, N))
+    state = {"step": 1}
+    eta, rho = rules.namo_d_step(group, [G], X.clone(), [state])
+    lr_t = lr * math.sqrt(1 - mu2) / (1 - mu)
+    V = (1 - mu2) * (G ** 2).sum(dim=1)                                   # (3, n)
+    raw = (X ** 2).sum(dim=1).sqrt() / (V.sqrt() + eps)
+    mean = raw.mean(dim=1, keepdim=True)
+    d = torch.minimum(torch.maximum(raw, c * mean), mean / c)
+    assert (d != raw).sum() >= 2
+    s = 0.2 * math.sqrt(N)
+    torch.testing.assert_close(eta.reshape(3, N).double(), (d * lr_t * s).clamp(max=1),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(rho.reshape(3, N).double(), 1 - wd * (d * lr_t).clamp(max=1),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(state["col_grad_norm_sq"].double(), V, rtol=1e-6, atol=0)
+
+
+def test_orthogonalize_transform_iterates_in_ns_dtype_in_the_workspace():
+    """Muon's transform with a workspace runs its iteration in optimizer.ns_dtype: the buffers
+    (and the result) in bf16 for ns_dtype=bfloat16 on a float32 stack."""
+    X = torch.randn(2, 6, 10, generator=torch.Generator().manual_seed(6))
+    group = dict(ns="newton_schulz", ns_steps=2, ns_dtype="bfloat16", ns_eps=1e-7,
+                 ns_norm="frobenius")
+    work = spectral.Workspace()
+    D = rules.orthogonalize_transform(group, X, work)
+    assert D.dtype == torch.bfloat16
+    assert {b.dtype for k, b in work._buffers.items() if k.startswith("ns_")} == {torch.bfloat16}
+
+
+def test_col_sum_sq_packs_at_most_a_chunk_per_op():
+    """col_sum_sq_each packs small tensors into ops of at most SQUARE_CHUNK matrices, and a
+    tensor larger than a chunk is squared a chunk at a time: the kept buffer never grows past
+    SQUARE_CHUNK matrices; every tensor's column sums of squares as in float64."""
+    m, n = 3, 13   # a shape no other test uses
+    rules._SQUARES.pop((m, n, torch.float64), None)
+    g = torch.Generator().manual_seed(23)
+    for counts in ([1] * 20, [3 * rules.SQUARE_CHUNK], [2, 3 * rules.SQUARE_CHUNK, 1, 1]):
+        tensors = [torch.randn(k, m, n, generator=g, dtype=torch.float64) for k in counts]
+        got = rules.col_sum_sq_each(tensors)
+        assert len(got) == len(tensors)
+        for t, x in zip(got, tensors):
+            assert t.dtype == torch.float64
+            torch.testing.assert_close(t, (x ** 2).sum(dim=1), rtol=1e-12, atol=0)
+        assert len(rules._SQUARES[(m, n, torch.float64)]) <= rules.SQUARE_CHUNK
