@@ -24,7 +24,7 @@ PER_MODULE=${PER_MODULE:-$REPO/docs/mutation}
 
 # module | its fast tests (pytest node ids or files, space-separated)
 MODULES=(
-  "optim/rules.py|tests/test_optim.py tests/test_muon_family.py tests/test_track3_wrappers.py tests/test_hyperball.py"
+  "optim/rules.py|tests/test_optim.py tests/test_muon_family.py tests/test_track3_wrappers.py tests/test_hyperball.py tests/test_rules_reference.py"
   "optim/spectral.py|tests/test_spectral.py tests/test_spectral_reference.py tests/test_optim.py tests/test_muon_family.py tests/test_soap_dynmuon.py::test_taylor_power_is_the_quadratic_on_singular_values tests/test_soap_dynmuon.py::test_exact_power_is_u_sigma_p_vt tests/test_soap_dynmuon.py::test_taylor_power_near_identity_approaches_the_exact_power tests/test_soap_dynmuon.py::test_dynmuon_steps_match_float64_reference tests/test_soap_dynmuon.py::test_schatten4_start_of_newton_schulz"
   "optim/polar.py|tests/test_muon_family.py tests/test_spectral.py tests/test_optim.py tests/test_gram_newton_schulz_cost.py"
   "optim/dion.py|tests/test_dion.py"
