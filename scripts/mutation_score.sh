@@ -13,8 +13,9 @@
 #   SUMMARY_ONLY=1 bash scripts/mutation_score.sh       # rebuild docs/mutation_score.md only
 #   MAX_CHILDREN=1 bash scripts/mutation_score.sh ...   # mutmut's parallel test runs (default: all cores)
 #
-# Score = killed / (killed + survived + timeout + no test), mutmut's verdicts; a mutant no test
-# reaches counts against the module. Survivors that are equivalent (no behaviour changes) are
+# Score = (killed + timeout) / all mutants, mutmut's verdicts: a mutant that makes a test hang
+# (an endless loop) is found, as mutmut, PIT and Stryker count it; a mutant no test reaches
+# counts against the module, as a survivor does. Survivors that are equivalent (no behaviour changes) are
 # named in docs/mutation/EQUIVALENT.md by hand, each with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,8 +57,9 @@ summary() {   # docs/mutation_score.md from the per-module files, in the table's
     echo "# Mutation score of the numerical core"
     echo
     echo "\`bash scripts/mutation_score.sh [module ...]\` (mutmut $version). Each module's mutants run"
-    echo "against its fast tests only (the MODULES table of the script). Score = killed / all"
-    echo "mutants (survived, timed out and untested count against it). Each row is that module's"
+    echo "against its fast tests only (the MODULES table of the script). Score = (killed + timed"
+    echo "out) / all mutants: a mutant that makes a test hang is found; survived and untested ones"
+    echo "count against it. Each row is that module's"
     echo "latest run: its commit and date, and every survivor's diff, are in its file under"
     echo "docs/mutation/; the survivors found equivalent are named in docs/mutation/EQUIVALENT.md."
     echo
@@ -102,7 +104,7 @@ for row in "${MODULES[@]}"; do
     tail -5 "$copy/run.log" >&2
     rm -rf "$copy"; continue
   fi
-  score=$(python -c "print(f'{100 * $killed / $total:.1f}%')")
+  score=$(python -c "print(f'{100 * ($killed + $timeout) / $total:.1f}%')")
   f="$PER_MODULE/$(echo "$module" | tr '/' '_').md"
   {
     echo "<!-- row: | \`$module\` | $(echo $tests | sed 's/tests\///g') | $total | $killed | $survived | $timeout | $notest | $score | $commit, $(date -u +%Y-%m-%d) | -->"

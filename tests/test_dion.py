@@ -160,3 +160,16 @@ def test_the_start_of_q_is_pinned():
         want = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64)).Q.to(dtype)
         got = initial_q(n, r, torch.empty(0, dtype=dtype))
         assert got.dtype == dtype and torch.equal(got, want)
+
+
+def test_a_group_from_before_dion_transpose_is_not_transposed():
+    """A param group of a checkpoint written before optimizer.dion_transpose existed has no such
+    key: it resumes untransposed, as every committed study ran; with the key, only a wide
+    matrix (m < n) is transposed."""
+    from optim.dion import transposed
+
+    assert transposed({"matrix_shape": (4, 8)}) is False
+    assert transposed({"matrix_shape": (4, 8), "dion_transpose": True}) is True
+    assert transposed({"matrix_shape": (8, 4), "dion_transpose": True}) is False
+    assert transposed({"matrix_shape": (4, 4), "dion_transpose": True}) is False
+    assert transposed({"matrix_shape": (4, 8), "dion_transpose": False}) is False

@@ -305,3 +305,23 @@ def test_speedup_edges():
                                              pytest.approx(2.0, rel=1e-4))
     with pytest.raises(ValueError, match="needs 3 or more budgets, got 2"):
         fit_scaling(D[:2], L[:2])
+
+
+def test_the_small_cases_of_the_intervals_and_seeds_to_resolve():
+    """Two values are enough for every interval (n - 1 = 1 degree of freedom); an infinite std
+    is 'resolvable with 2' as a nan or zero one is; a difference of exactly 1 is an ordinary
+    size; and 'below |delta|' is strict: a half-width equal to delta needs one seed more."""
+    from scipy import stats as st
+    from sweeper.paired import bootstrap_interval, mean_interval
+
+    two = np.array([0.25, -0.75])
+    assert bootstrap_interval(two) == pytest.approx(percentile_bootstrap(two, 0.95, 10_000, 0),
+                                                    rel=1e-12)
+    mean, lo, hi = mean_interval([1.0, 2.0])
+    half = st.t.ppf(0.975, 1) * st.tstd([1.0, 2.0]) / math.sqrt(2)
+    assert (mean, lo, hi) == pytest.approx((1.5, 1.5 - half, 1.5 + half), rel=1e-12)
+    assert seeds_to_resolve(math.inf, 0.1) == 2 and seeds_to_resolve(math.nan, 0.1) == 2
+    assert seeds_to_resolve(0.0, 0.1) == 2 and seeds_to_resolve(0.0, 0.0) is None
+    assert seeds_to_resolve(1.0, 1.0) == hand_seeds_to_resolve(1.0, 1.0) == 7
+    exact = st.t.ppf(0.5 + 0.95 / 2, 2) * 1.0 / math.sqrt(3)   # the half-width at n = 3
+    assert seeds_to_resolve(1.0, exact) == 4
