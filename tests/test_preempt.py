@@ -34,9 +34,13 @@ def checkpointed_args(tmp_path: Path, source: Path, out: Path, *extra: str) -> l
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    """A process of ours in the background, its output in `log` (a pipe could fill and block)."""
+    """A process of ours in the background, its output in `log` (a pipe could fill and block).
+    SIGINT is set back to its default in it, as in a shell's foreground job: under a pytest
+    that itself runs in the background (`nohup ... &`), the child would inherit SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler (Ctrl-C to sweep.py did nothing)."""
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def start_train(args: list[str], log: Path, nproc: int = 1) -> subprocess.Popen:
