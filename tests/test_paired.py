@@ -325,3 +325,15 @@ def test_the_small_cases_of_the_intervals_and_seeds_to_resolve():
     assert seeds_to_resolve(1.0, 1.0) == hand_seeds_to_resolve(1.0, 1.0) == 7
     exact = st.t.ppf(0.5 + 0.95 / 2, 2) * 1.0 / math.sqrt(3)   # the half-width at n = 3
     assert seeds_to_resolve(1.0, exact) == 4
+
+
+def test_the_bootstrap_draws_10000_resamples_by_default():
+    """With 30 distinct differences the resampled means have no ties, so the percentile of
+    10000 resamples differs from that of 10001 (one more row of the same Generator): the
+    default is the 10000 of the docs, computed here."""
+    from sweeper.paired import bootstrap_interval
+
+    diffs = np.random.default_rng(5).normal(0.0, 0.01, 30)
+    got = bootstrap_interval(diffs)
+    assert got == pytest.approx(percentile_bootstrap(diffs, 0.95, 10_000, 0), rel=1e-12)
+    assert got != pytest.approx(percentile_bootstrap(diffs, 0.95, 10_001, 0), rel=1e-9)

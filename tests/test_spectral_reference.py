@@ -528,3 +528,27 @@ def test_inverse_root_defaults_are_15_steps_and_a_1e6_ridge():
     assert rel(spectral.inverse_fourth_root_coupled(A), want) < 1e-10
     want2 = (Q * coupled_per_eigenvalue(lam, norm, 2, 15, 1e-6)) @ Q.T
     assert rel(spectral.inverse_root_coupled(A, 2), want2) < 1e-10
+
+
+def test_taylor_power_at_a_tiny_nonzero_p_is_not_the_polar_factor():
+    """Only |p| < 1e-12 is p = 0 (the polar factor itself): at p = 1e-12 exactly the kernel is
+    the quadratic times scale^p, which for ||X||_F ~ 1e6 differs from the polar factor by about
+    1e-11 relative, far above float64's rounding. The reference is written here."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(4, 6, generator=g, dtype=torch.float64) * 1e6
+
+    def polar(Y):
+        U, _, Vh = torch.linalg.svd(Y, full_matrices=False)
+        return U @ Vh
+
+    p = 1e-12
+    scale = X.norm() + 1e-7
+    Xn = X / scale
+    E = Xn @ Xn.T - torch.eye(4, dtype=torch.float64)
+    d = p / 2
+    C = torch.eye(4, dtype=torch.float64) + d * E + (d * (d - 1) / 2) * (E @ E)
+    want = (C @ polar(Xn)) * scale ** p
+    got = spectral.taylor_power(X, p, polar)
+    assert torch.allclose(got, want, rtol=1e-14, atol=0)
+    assert not torch.allclose(got, polar(Xn), rtol=1e-12, atol=0)
+    assert torch.equal(spectral.taylor_power(X, 0.99e-12, polar), polar(Xn))
