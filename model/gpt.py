@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import GPTConfig
-from model.lm import LanguageModel, pre_norm_block
+from model.lm import LanguageModel, PreNormBlock
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,16 +78,15 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
+    PARTS = ("ln_1", "attn", "ln_2", "mlp")
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
-
-    def forward(self, x):
-        return pre_norm_block(x, self.ln_1, self.attn, self.ln_2, self.mlp)
 
 
 class GPT(LanguageModel):

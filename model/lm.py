@@ -20,6 +20,16 @@ def pre_norm_block(x, norm_attn, attn, norm_mlp, mlp):
     return x + mlp(norm_mlp(x))
 
 
+class PreNormBlock(nn.Module):
+    """A block whose forward is pre_norm_block over its sub-modules named in PARTS (norm_attn,
+    attn, norm_mlp, mlp): each model keeps its own names (its weights' keys) and the order it
+    registers them in (its init's RNG stream)."""
+    PARTS: tuple = ()
+
+    def forward(self, x):
+        return pre_norm_block(x, *(getattr(self, name) for name in self.PARTS))
+
+
 class LanguageModel(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()

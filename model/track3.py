@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import GPTConfig
-from model.lm import LanguageModel, pre_norm_block
+from model.lm import LanguageModel, PreNormBlock
 
 SOFTCAP = 15.0      # logits -> 15 x / sqrt(x^2 + 15^2)
 ATTN_SCALE = 0.12   # their attention scale, in place of 1 / sqrt(head_dim)
@@ -100,7 +100,9 @@ class MLP(nn.Module):
         return self.proj(self.fc(x).relu().square())   # ReLU^2
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
+    PARTS = ("norm1", "attn", "norm2", "mlp")
+
     def __init__(self, dim: int, head_dim: int):
         super().__init__()
         # their registration order (attn, mlp, norm1, norm2): it fixes the init's RNG stream
@@ -108,9 +110,6 @@ class Block(nn.Module):
         self.mlp = MLP(dim)
         self.norm1 = RMSNorm(dim)
         self.norm2 = RMSNorm(dim)
-
-    def forward(self, x):
-        return pre_norm_block(x, self.norm1, self.attn, self.norm2, self.mlp)
 
 
 class Track3GPT(LanguageModel):
