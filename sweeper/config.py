@@ -235,6 +235,9 @@ class SweepConfig:
     # this machine, sweep.jobs at once: the slurm path without a cluster).
     launcher: str = "local"
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # Other sweeps' directories whose finished runs count here: a point that trains exactly as
+    # one of their runs did (the same resolved config, sweeper/reuse.py) is copied, not trained.
+    reuse: List[str] = field(default_factory=list)
 
     def __post_init__(self):
         """The checks that need nothing but the config (lr_grids() does the others)."""

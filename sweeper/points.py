@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 from configs import to_object
 from configs.errors import UserError
 from sweeper.config import SweepConfig, load_sweep, lr_grids, override_key
+from sweeper.reuse import check_sources
 from trainer.config import RunConfig  # noqa: F401 (registers configs/config.yaml's root: runs are composed here)
 
 # Keys that change how a run is launched or logged, not what it computes: left out of the run
@@ -224,6 +225,7 @@ def plan(sweep_args: list[str], train_args: list[str], check_data: bool = True) 
     points = make_points(cfg, grids, setup)
     launch = launch_overrides(cfg, train_args, wandb_enabled=False)
     first = validate_points(points, launch, cfg.path / "runs", cfg.nproc_per_run, check_data)
+    check_sources(cfg.reuse, cfg.path)
     wandb = bool(first.wandb.enabled)
     run = to_object(first)
     return Plan(cfg, cli_keys, grids, setup, points, launch_overrides(cfg, train_args, wandb), wandb,

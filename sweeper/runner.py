@@ -267,6 +267,7 @@ class Backend(Protocol):
     asked every poll_s seconds what has ended and what to start."""
     poll_s: float
     counted: tuple              # the statuses summary() counts
+    threads: int                # CPU threads per process (a run's threads= argument)
 
     def earlier(self, todo: list[Point]) -> dict:
         """{run id: handle} of todo's points an earlier invocation still runs: waited for."""
@@ -296,6 +297,37 @@ class Backend(Protocol):
         """The last line: what this invocation ran."""
 
 
+def reuse_finished(plan: Plan, todo: list[Point], threads: int) -> list[Point]:
+    """Copy each point of `todo` that a sweep of sweep.reuse already ran (sweeper/reuse.py),
+    under its run lock; returns the points left to run."""
+    if not plan.cfg.reuse:
+        return todo
+    from sweeper import reuse
+
+    found = reuse.index(reuse.check_sources(plan.cfg.reuse, plan.cfg.path))
+    left, copied = [], 0
+    for p in todo:
+        run_dir = plan.cfg.path / "runs" / p.run_id
+        source = found.get(reuse.point_key(run_args(p, run_dir, plan.launch, threads, plan.wandb))) \
+            if found else None
+        if source is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir)
+            if lock.acquire():
+                try:
+                    if not finished(run_dir):
+                        reuse.copy_run(source, run_dir, dataclasses.asdict(p))
+                        copied += 1
+                finally:
+                    lock.release()
+                continue
+        left.append(p)   # nothing to copy, or an earlier launcher runs it: run_points waits
+    if copied:
+        print(f"{plan.cfg.name}: {copied} run(s) copied from sweep.reuse "
+              f"({', '.join(plan.cfg.reuse)}): the same training, already finished there")
+    return left
+
+
 def run_points(plan: Plan, points: list[Point], backend: Backend,
                on_end: Callable[[], None]) -> bool:
     """Runs every unfinished point through `backend` and waits for each, `on_end()` after each
@@ -305,6 +337,7 @@ def run_points(plan: Plan, points: list[Point], backend: Backend,
 
     cfg = plan.cfg
     todo = [p for p in points if not finished(cfg.path / "runs" / p.run_id)]
+    todo = reuse_finished(plan, todo, backend.threads)
     live = backend.earlier(todo)
     todo = [p for p in todo if p.run_id not in live]
     bar = tqdm(total=len(points), initial=len(points) - len(todo) - len(live), desc=cfg.name,
