@@ -366,6 +366,7 @@ class StandInBackend:
     """Runs last `ticks` polls each, at most `at_once` live; records what the loop asks."""
     poll_s = 0.0
     counted = ("completed", "diverged", "failed", "interrupted")
+    threads = 1
 
     def __init__(self, outcomes: dict, earlier: tuple = (), at_once: int = 2, ticks: int = 2,
                  stop_at_launch: int | None = None):
@@ -415,7 +416,7 @@ def test_scheduler_runs_each_point_once_and_waits_for_earlier_runs(tmp_path, cap
     that ends; the counts and lines come from the backend; Ctrl-C hands the live runs to it."""
     from types import SimpleNamespace
 
-    plan = SimpleNamespace(cfg=SimpleNamespace(name="t", path=tmp_path))
+    plan = SimpleNamespace(cfg=SimpleNamespace(name="t", path=tmp_path, reuse=[]))
     points = [SimpleNamespace(run_id=f"r{i}") for i in range(6)]
     (tmp_path / "runs" / "r0").mkdir(parents=True)
     (tmp_path / "runs" / "r0" / "summary.json").write_text(json.dumps({"status": "diverged"}))
