@@ -391,23 +391,13 @@ def test_a_missing_or_truncated_checkpoint_is_one_user_error(tmp_path):
                       "archive: failed finding central directory")
 
 
-def test_pickled_objects_are_not_loaded(tmp_path):
+@pytest.mark.parametrize("force_no_weights_only", [None, "1"])
+def test_pickled_objects_are_not_loaded(tmp_path, monkeypatch, force_no_weights_only):
     """weights_only: a file with an object that is not a tensor or a plain container (here a
-    Fraction) is refused, even with every part present."""
-    model, opt, scaler = tiny()
-    save(tmp_path, model, opt, scaler)
-    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    state["best_val_loss"] = fractions.Fraction(1, 3)
-    torch.save(state, tmp_path / "ckpt.pt")
-    with pytest.raises(UserError, match="cannot be read .Weights only load failed.: it is"):
-        checkpoint.load(tmp_path / "ckpt.pt")
-
-
-def test_pickled_objects_are_refused_even_where_the_environment_allows_them(tmp_path,
-                                                                          monkeypatch):
-    """weights_only is passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which turns off
-    torch's default (weights_only=None), does not turn off the refusal."""
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    Fraction) is refused, even with every part present; passed explicitly, so
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (which turns off torch's default) does not turn it off."""
+    if force_no_weights_only:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force_no_weights_only)
     model, opt, scaler = tiny()
     save(tmp_path, model, opt, scaler)
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)

@@ -354,6 +354,9 @@ def test_sequential_evaluate_by_hand(tmp_path, training):
     both = task.evaluate(TokenLoss(), batch_size=4, eval_iters=3, device="cpu", autocast=nullcontext,
                          rank=0, world=2, reduce=lambda t: t.add_(shares.pop(0)))
     assert both == pytest.approx(out, rel=1e-6)
+    # the same tokens every time: no step or earlier call plays a part
+    assert task.evaluate(TokenLoss(), batch_size=4, eval_iters=3, device="cpu",
+                         autocast=nullcontext) == out
 
 
 # ---- the final eval's windows ------------------------------------------------------------------

@@ -269,48 +269,6 @@ def test_too_short_a_stream_for_max_iters_names_the_shards(tmp_path):
     LMTask(task.cfg, block_size=8, seed=0, grad_accum_steps=2, batch_size=3, max_iters=22)
 
 
-class TokenLoss(torch.nn.Module):
-    """A stand-in model whose loss of a token pair is a known function, recording its inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    @staticmethod
-    def token_loss(x, y):
-        return ((x * 7 + y) % 13).float() / 13
-
-    def forward(self, x, y):
-        self.seen.append(x.clone())
-        return None, self.token_loss(x, y).mean()
-
-
-def test_sequential_val_is_the_first_val_tokens(tmp_path):
-    from contextlib import nullcontext
-    task, shards = shards_task(tmp_path, val_tokens=203)   # 25 sequences of 8 (3 tokens left out)
-    val = shard_tokens(0, 500)
-    kw = dict(batch_size=4, eval_iters=3, device="cpu", autocast=nullcontext)
-    model = TokenLoss()
-    out = task.evaluate(model, **kw)
-    seen = torch.cat(model.seen[:7])   # 25 sequences in batches of 4: 7 batches, the last of 1
-    assert [len(s) for s in model.seen[:7]] == [4] * 6 + [1]
-    assert np.array_equal(seen.numpy().ravel(), val[:200])
-    want = TokenLoss.token_loss(torch.from_numpy(val[:200]), torch.from_numpy(val[1:201])).mean()
-    assert out["val/loss"] == pytest.approx(want.item(), rel=1e-6)
-    # train/loss: the first eval_iters micro-batches trained on (step 0's two, step 1's first)
-    train = [task.get_batch("train", 4, step=s, micro_step=m) for s, m in [(0, 0), (0, 1), (1, 0)]]
-    assert all(torch.equal(a, b[0]) for a, b in zip(model.seen[7:], train))
-    want = torch.stack([TokenLoss.token_loss(x, y).mean() for x, y in train]).mean()
-    assert out["train/loss"] == pytest.approx(want.item(), rel=1e-6)
-    # two ranks, each its share, the reduce adding the other's: the one-process numbers
-    shares = []
-    task.evaluate(TokenLoss(), **kw, rank=1, world=2, reduce=lambda t: shares.append(t.clone()))
-    both = task.evaluate(TokenLoss(), **kw, rank=0, world=2, reduce=lambda t: t.add_(shares.pop(0)))
-    assert both == pytest.approx(out, rel=1e-6)
-    # the same tokens every time: the step plays no part
-    assert task.evaluate(TokenLoss(), **kw) == out
-
-
 def test_val_tokens_beyond_the_val_shard(tmp_path):
     with pytest.raises(UserError) as e:
         shards_task(tmp_path, val_tokens=500)
