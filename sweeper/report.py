@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional
 
 from sweeper.config import fmt
 from sweeper.paired import mean_interval
+from sweeper.points import curve_label
 from sweeper.rows import SweepRow, collect
 from sweeper.stats import CurveStats, Summary, chain, neighbour_costs, summarize
 from trainer.outputs import SUMMARY_FIELDS, Status, write_atomic
@@ -312,7 +313,36 @@ def grid_value_lines(s: Summary, cfg, key: str) -> list[str]:
             notes.append(f"{a.split(' ')[0]} - {b.split(' ')[0]} = {pt.mean:+.{m.digits}f} "
                          f"[{pt.low:+.{m.digits}f}, {pt.high:+.{m.digits}f}]")
         lines.append(f"- {key.rsplit('.', 1)[-1]}={v}: {chain}" + (f" ({'; '.join(notes)})" if notes else ""))
-    return lines
+    return lines + pair_by_value_table(s, cfg, key)
+
+
+def pair_by_value_table(s: Summary, cfg, key: str) -> list[str]:
+    """Every pair of optimizers at each value of the axis, side by side: does a difference move
+    along the axis (NAMO-D - NAMO with width)? Bold: decided (the interval excludes 0)."""
+    from sweeper.paired import paired
+
+    m, values, short = s.metric, sorted(cfg.grid[key]), key.rsplit(".", 1)[-1]
+    present = {c.split(" ")[0] for c in s.ranked}
+    names = [o for o in dict.fromkeys(cfg.optimizers) if o in present]   # the sweep's order
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            cells = []
+            for v in values:
+                ca, cb = (curve_label(o, {key: v}) for o in (a, b))
+                if ca not in s.scores or cb not in s.scores:
+                    cells.append("-")
+                    continue
+                pt = paired(ca, s.scores[ca].values, cb, s.scores[cb].values)
+                cell = f"{pt.mean:+.{m.digits}f} [{pt.low:+.{m.digits}f}, {pt.high:+.{m.digits}f}]"
+                cells.append(f"**{cell}**" if pt.decided else cell)
+            rows.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", f"Every pair at each {short} (a - b, {m.unit}, paired 95% t interval; bold: "
+            "decided, the interval excludes 0):", "",
+            "| pair | " + " | ".join(f"{short}={v}" for v in values) + " |",
+            "|---|" + "---|" * len(values), *rows]
 
 
 def write_outputs(d: Path, cfg, setup: list[str]) -> Summary:

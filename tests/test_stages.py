@@ -139,6 +139,9 @@ def test_a_sweep_of_one_numeric_axis_plots_the_score_against_it(tmp_path):
     report = (d / "report.md").read_text()                        # the ordering at each value
     assert "- n_embd=64: a < b (a - b = -0.1000 [-0.1000, -0.1000])" in report
     assert "- n_embd=128: b < a (b - a = -0.1000 [-0.1000, -0.1000])" in report
+    # every pair side by side along the axis: the difference's move with width
+    assert "| pair | n_embd=64 | n_embd=128 |" in report
+    assert "| a - b | **-0.1000 [-0.1000, -0.1000]** | **+0.1000 [+0.1000, +0.1000]** |" in report
     assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512]})) == "train.batch_size"
     assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512], "model.n_embd": [64, 128]})) is None
     assert grid_axis(SweepConfig(grid={"optimizer.decay_style": ["adaptive", "decoupled"]})) is None
