@@ -5,8 +5,9 @@ checkpoints, no logs: a few tens of kB a run).
     python scripts/archive_sweep.py sweeps/cpu_baselines_2026 docs/results/cpu_baselines_2026
 
 Kept: sweep.json, results.csv, report.md, *.png; of each run: point.json, summary.json,
-metrics.jsonl, config.yaml, exit.json (and reused.json: sweep.reuse's source). A run that is not finished (no summary.json) is left out
-unless --partial (a study committed half-way, to be resumed by copying the folder back).
+metrics.jsonl, config.yaml, exit.json, and reused.json (sweep.reuse's source) where there is one.
+A run that is not finished (no summary.json) is left out unless --partial (a study committed
+half-way, to be resumed by copying the folder back).
 """
 from __future__ import annotations
 
