@@ -204,6 +204,10 @@ class SweepConfig:
     # `seeds`); the verdicts and speedups use them only. Empty: one stage, scored on `seeds`.
     confirm_seeds: List[int] = field(default_factory=list)
     confirm_neighbours: bool = False     # stage 2 also at the grid neighbours of the best lr
+    # With sweep.tune: stage 2 also scores each curve whose tuning moved it at its untuned point
+    # (the stage-1 best lr at the defaults; stage `untuned`) on the held-out seeds, so the report
+    # says what the tuning bought, paired (tuned - untuned). Never used to rank or decide.
+    confirm_untuned: bool = False
     max_extend: int = 3                  # grid extensions per curve while its best lr is at an end
     baseline: Optional[str] = None       # speedups relative to this optimizer; None: adamw if swept
     baseline_budgets: List[float] = field(default_factory=list)  # the baseline also at these x max_iters

@@ -16,7 +16,7 @@ from sweeper.config import fmt
 from sweeper.paired import mean_interval
 from sweeper.points import curve_label
 from sweeper.rows import SweepRow, collect
-from sweeper.stats import CurveStats, Summary, chain, neighbour_costs, summarize
+from sweeper.stats import UNTUNED, CurveStats, Summary, chain, neighbour_costs, summarize
 from trainer.outputs import SUMMARY_FIELDS, Status, write_atomic
 
 
@@ -152,6 +152,7 @@ def tuning_lines(s: Summary, rows: list[SweepRow]) -> list[str]:
                 cells[-1] += f"{' (default)' if v == a.default and a.key != 'optimizer.lr' else ''}: " \
                              f"{text.strip()}{mark}"
             lines.append(f"- {curve}, round {a.round}, {a.key}: " + "; ".join(cells))
+    lines += tuning_gain_lines(s, rows)
     stages = sorted({r.stage for r in rows})
     lines += ["", "Runs per curve and stage (every tuning run counted):", "",
               "| curve | " + " | ".join(stages) + " | all |", "|" + "---|" * (len(stages) + 2)]
@@ -159,6 +160,35 @@ def tuning_lines(s: Summary, rows: list[SweepRow]) -> list[str]:
         n = [sum(r.curve == curve and r.stage == st for r in rows) for st in stages]
         lines.append(f"| {curve} | " + " | ".join(map(str, n)) + f" | {sum(n)} |")
     return lines
+
+
+def tuning_gain_lines(s: Summary, rows: list[SweepRow]) -> list[str]:
+    """What the tuning bought (sweep.confirm_untuned): each moved curve's tuned point minus its
+    untuned one (stage-1 best lr at the defaults) on the held-out seeds, paired."""
+    from sweeper.paired import paired
+
+    m, out = s.metric, []
+    for curve in s.ranked:
+        untuned = [r for r in rows if r.curve == curve and r.stage == UNTUNED
+                   and r.status in Status.RESULTS]
+        if not untuned:
+            continue
+        values = {r.seed: v for r in untuned if (v := r.score(s.column)) is not None}
+        c, tuned = s.curves[curve], s.scores[curve].values
+        pt = paired("tuned", tuned, "untuned", values)
+        verdict = ("tie" if not pt.decided else "the tuned point better" if pt.mean < 0
+                   else "the untuned point better")
+        bad = len(untuned) - len(values)
+        mean, low, high = mean_interval(list(values.values()))
+        out.append(f"- {curve} ({tuned_cell(c)}): untuned (lr {c.best.lr:g}, defaults) "
+                   f"{mean:.{m.digits}f} [{low:.{m.digits}f}, {high:.{m.digits}f}]"
+                   + (f" ({bad}/{len(untuned)} {m.bad_short})" if bad else "")
+                   + f"; tuned - untuned = {pt.mean:+.{m.digits}f} {m.unit}, 95% CI "
+                   f"[{pt.low:+.{m.digits}f}, {pt.high:+.{m.digits}f}], n = {pt.n}: {verdict}")
+    if not out:
+        return []
+    return ["", "What the tuning bought (sweep.confirm_untuned): each curve the descent moved, "
+            "scored at its untuned point too, on the same held-out seeds, paired:", "", *out]
 
 
 def verdict_lines(s: Summary, resolve: float) -> list[str]:

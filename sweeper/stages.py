@@ -9,6 +9,8 @@
   2       each curve's chosen point (best lr and tuned values; with sweep.confirm_neighbours also
           the grid lrs beside it) x sweep.confirm_seeds, fresh seeds that score it
           (sweeper/stats.py); a curve whose tuning misses runs waits;
+  untuned with sweep.confirm_untuned, each curve the tuning moved at its untuned point (stage-1
+          best lr, defaults) x sweep.confirm_seeds: what the tuning bought (never ranked);
   budget  the baseline at its stage-1 best lr x sweep.baseline_budgets x train.max_iters, on
           the stage-2 seeds (sweep.seeds without a stage 2): the L(D) fit of the speedups.
 
@@ -23,7 +25,7 @@ from sweeper.config import METRICS
 from sweeper.points import Plan, Point, curve_label, grid_values, make_point
 from sweeper.rows import SweepRow, collect
 from sweeper.runner import LocalBackend, run_points
-from sweeper.stats import LrStats, baseline_of, chosen_curves, stage1, with_targets
+from sweeper.stats import UNTUNED, LrStats, baseline_of, chosen_curves, stage1, with_targets
 
 
 def extension_lr(per_lr: list[LrStats], best: LrStats, extended: int,
@@ -114,6 +116,10 @@ def later_points(plan: Plan, rows: list[SweepRow]) -> list[Point]:
         points += curve_points(plan, "2", {c: confirm_lrs(s, cfg.confirm_neighbours)
                                           for c, s in curves.items()}, cfg.confirm_seeds,
                                tuned_by_curve=tuned)   # a tuned curve: its chosen point only
+        if cfg.confirm_untuned:   # what the tuning bought: the point it moved away from
+            moved = {c: [s.best.lr] for c, s in curves.items()
+                     if s.tuning is not None and (s.tuned or s.chosen_lr != s.best.lr)}
+            points += curve_points(plan, UNTUNED, moved, cfg.confirm_seeds)
     base = baseline_of(cfg, curves)
     if base is not None and cfg.baseline_budgets and plan.max_iters:
         seeds = cfg.confirm_seeds or cfg.seeds

@@ -22,6 +22,7 @@ from trainer.outputs import Status, read_metrics
 
 STAGE1 = ("1", "extend")      # the stages that choose the lr
 HELD_OUT = "2"
+UNTUNED = "untuned"           # a tuned curve's untuned point on the held-out seeds (never scores it)
 
 
 @dataclass

@@ -88,6 +88,28 @@ def test_descent_finds_the_optimum_brackets_and_shares_points(tmp_path, small_te
     assert (tmp_path / "sw" / "tuning_curves.png").stat().st_size > 0
 
 
+def test_confirm_untuned_scores_what_the_tuning_bought(tmp_path, small_text, stand_in):
+    """sweep.confirm_untuned: the held-out seeds also run the untuned point (stage-1 best lr
+    4e-3 at the default wd 0.1); the report's paired tuned - untuned is the surface's."""
+    import math
+    assert sweep.main(args(tmp_path, small_text, "sweep.max_rounds=3",
+                           "sweep.confirm_seeds=[7,8]", "sweep.confirm_untuned=true")) == 0
+    got = rows(tmp_path)
+    assert points(got, "2") == [(2e-3, 0.8)] and points(got, "untuned") == [(4e-3, 0.1)]
+    assert sorted(int(r["seed"]) for r in got if r["stage"] == "untuned") == [7, 8]
+
+    def loss(lr, wd):   # the stand-in's surface without its seed term (it cancels in a pair)
+        best_lr = 4e-3 * 2 ** (-(wd - 0.1) / 0.7)
+        return math.log2(lr / best_lr) ** 2 / 50 + math.log2((wd + 0.05) / 0.85) ** 2 / 50
+    gain = loss(2e-3, 0.8) - loss(4e-3, 0.1)
+    report = (tmp_path / "sw" / "report.md").read_text()
+    assert f"tuned - untuned = {gain:+.4f} nats" in report and "the tuned point better" in report
+    # the untuned runs never score: the held-out score is the tuned point's two seeds alone
+    table = report[report.index("| rank |"):report.index("## Tuning")]
+    assert f"{3 + loss(2e-3, 0.8) + 7.5e-4:.4f} ± " in table and "(n=2)" in table
+    assert "(n=4)" not in table
+
+
 def test_one_round_keeps_the_stage1_lr(tmp_path, small_text, stand_in):
     assert sweep.main(args(tmp_path, small_text, "sweep.max_rounds=1")) == 0
     got = rows(tmp_path)
