@@ -107,15 +107,21 @@ def legend_outside(ax, **kw) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, **kw)
 
 
+CLOSE_LRS = 1.6   # adjacent grid lrs nearer than this factor: their labels would touch
+
+
 def label_lr_ticks(ax, lrs: list) -> None:
     """Name the grid's lrs on a log x axis (up to 12; beyond, the decades). Matplotlib labels
-    the minor ticks of a span under two decades, and those labels overlap."""
+    the minor ticks of a span under two decades, and those labels overlap; so would the labels
+    of two grids interleaved (0.002, 0.0025): then they are slanted."""
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())
     grid = sorted(set(lrs))
     if 1 <= len(grid) <= 12:
-        ax.set_xticks(grid, [f"{lr:.3g}" for lr in grid], fontsize=7)
+        close = any(b / a < CLOSE_LRS for a, b in zip(grid, grid[1:]))
+        ax.set_xticks(grid, [f"{lr:.3g}" for lr in grid], fontsize=7,
+                      **({"rotation": 45, "ha": "right"} if close else {}))
 
 
 def y_window(values: list, bests: list) -> tuple:

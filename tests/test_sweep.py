@@ -723,6 +723,11 @@ def test_lr_axis_names_the_grid_lrs():
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.005", "0.01", "0.02"]
     assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {0}   # a factor 2 apart: level
+    fig, ax = plt.subplots()   # two grids interleaved: slanted, so that they do not touch
+    ax.set_xscale("log")
+    label_lr_ticks(ax, [0.002, 0.0025, 0.004, 0.005])
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {45}
     many = [1e-4 * 2 ** k for k in range(14)]
     fig, ax = plt.subplots()
     ax.plot(many, many)
