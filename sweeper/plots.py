@@ -540,7 +540,14 @@ def draw_tuning(s, cfg) -> Optional[object]:
         ax.set_xlabel(key)
         ax.set_ylabel(s.metric.axis_label)
         ax.grid(alpha=0.3, which="both")
-    legend_outside(axs[0][-1])
+    # every panel's curves in one legend: a curve whose lr never moved is in the first only
+    handles = {}
+    for ax in axs[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        axs[0][-1].legend(handles.values(), handles.keys(), loc="upper left",
+                          bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     fig.suptitle(f"{cfg.name}: sensitivity around each tuned point (last sweep of each axis, "
                  "tuning seeds: dots = each seed, line = mean; ring = chosen)", fontsize=9)
     return fig

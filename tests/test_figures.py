@@ -4,6 +4,8 @@ out the diverged and cut the very bad, legends outside the axes, the forest plot
 every file written by `sweep.py report`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import sweep
@@ -125,3 +127,23 @@ def test_an_archived_sweep_rebuilds_its_report(synthetic, tmp_path):
     assert sweep.main(["report", f"sweep.dir={out}"]) == 0
     strip = lambda t: t.split("\n", 3)[3]   # the setup line names the folder
     assert strip((out / "report.md").read_text()) == strip((d / "report.md").read_text())
+
+
+def test_tuning_legend_names_every_curve_of_every_panel():
+    """namo_decay_tuned (committed with its runs): the lr was re-swept (round 2) only for the
+    two decoupled curves, so the lr panel has two; the legend still names all four."""
+    from sweeper.plots import draw_tuning
+    from sweeper.rows import collect
+    from sweeper.runner import read_sweep
+    from sweeper.stats import summarize
+
+    d = Path(__file__).resolve().parents[1] / "docs" / "results" / "namo_decay_tuned"
+    stored = read_sweep(d)["sweep"]
+    cfg = SweepConfig(**{k: v for k, v in stored.items() if k in SweepConfig.__dataclass_fields__
+                         and k != "slurm"})
+    fig = draw_tuning(summarize(collect(d), cfg), cfg)
+    lr_panel, legend = fig.axes[1], fig.axes[1].get_legend()
+    assert len(lr_panel.get_legend_handles_labels()[1]) == 2
+    assert sorted(t.get_text() for t in legend.get_texts()) == [
+        "namo decay_style=adaptive", "namo decay_style=decoupled",
+        "namo_d decay_style=adaptive", "namo_d decay_style=decoupled"]
