@@ -56,12 +56,11 @@ max: every extension), GPUs and tokens per run, parameters, FLOPs per token (nan
 """
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 
 from configs.errors import UserError, run_cli
-from sweeper.config import SweepConfig, load_sweep
+from sweeper.config import SweepConfig, load_sweep, stored_config
 from sweeper.points import plan, prepare_data, split_args
 from sweeper.report import grid_axis, write_outputs, write_results
 from sweeper.rows import collect
@@ -69,13 +68,6 @@ from sweeper.runner import check_identity, read_sweep, record_sweep, resources
 from sweeper.stages import run_stages
 from sweeper.wandb_export import write_wandb_sweeps
 from trainer.outputs import EXIT_INTERRUPTED
-
-# The fields a report reads: the stored sweep's, unless given on the command line.
-REPORT_FIELDS = ("name", "optimizers", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
-                 "baseline", "resolve", "grid", "grid_points", "grid_points_by_optimizer",
-                 "target", "target_sigma", "target_p", "target_loss_per_step", "decide", "tune",
-                 "tune_by_optimizer", "max_rounds", "max_extend")
-
 
 def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> int:
     p = plan(sweep_args, train_args)
@@ -99,17 +91,6 @@ def cmd_run(sweep_args: list[str], train_args: list[str], argv: list[str]) -> in
     write_outputs(d, cfg, p.setup)
     print(f"wrote {d / 'results.csv'}, {d / 'lr_curves.png'}, {d / 'report.md'}")
     return 0 if completed else EXIT_INTERRUPTED
-
-
-def stored_config(cli_cfg: SweepConfig, cli_keys: set, stored: dict) -> SweepConfig:
-    """The config a report uses: the command line's, with the stored sweep's REPORT_FIELDS
-    (their defaults where sweep.json lacks them) unless given on the command line."""
-    defaults = SweepConfig()
-    # (stored["sweep"].get(k) or the default for `optimizers`: never an empty list)
-    return dataclasses.replace(cli_cfg, **{
-        k: (stored["sweep"].get(k) or defaults.optimizers) if k == "optimizers"
-        else stored["sweep"].get(k, getattr(defaults, k))
-        for k in REPORT_FIELDS if k not in cli_keys})
 
 
 def cmd_report(sweep_args: list[str], train_args: list[str]) -> int:

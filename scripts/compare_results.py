@@ -25,7 +25,7 @@ from configs.errors import UserError  # noqa: E402
 def summary_of(d: Path):
     """(rows, Summary) of a study dir: its runs/ when it has them, else its results.csv."""
     from sweeper import from_results
-    from sweeper.config import SweepConfig
+    from sweeper.config import SweepConfig, stored_config
     from sweeper.rows import collect
     from sweeper.runner import read_sweep
     from sweeper.stats import summarize
@@ -34,9 +34,7 @@ def summary_of(d: Path):
         raise UserError(f"{d} holds neither runs/ nor results.csv: give a study's folder or a "
                         "sweep.dir")
     stored = read_sweep(d)
-    cfg = SweepConfig(**{k: v for k, v in stored["sweep"].items()
-                         if k in SweepConfig.__dataclass_fields__ and k != "slurm"}) \
-        if stored else None
+    cfg = stored_config(SweepConfig(dir=str(d)), {"dir"}, stored) if stored else None
     if (d / "runs").is_dir():
         rows = collect(d)
     else:

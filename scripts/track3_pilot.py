@@ -36,8 +36,7 @@ def pooled_std(groups: list[list[float]]) -> tuple[float, int]:
 
 def main() -> int:
     from configs.errors import UserError, run_cli
-    from sweep import stored_config
-    from sweeper.config import SweepConfig
+    from sweeper.config import SweepConfig, stored_config
     from sweeper.rows import collect
     from sweeper.runner import read_sweep
     from sweeper.stats import summarize, val_curve

@@ -423,6 +423,25 @@ def load_sweep(sweep_args: List[str]):
     return cfg, cli_keys
 
 
+# The fields a report reads: the stored sweep's, unless given on the command line.
+REPORT_FIELDS = ("name", "optimizers", "metric", "tolerance", "target_loss", "seeds", "confirm_seeds",
+                 "baseline", "resolve", "grid", "grid_points", "grid_points_by_optimizer",
+                 "target", "target_sigma", "target_p", "target_loss_per_step", "decide", "tune",
+                 "tune_by_optimizer", "max_rounds", "max_extend")
+
+
+def stored_config(cli_cfg: SweepConfig, cli_keys: set, stored: dict) -> SweepConfig:
+    """The config a report uses: the command line's, with the stored sweep's REPORT_FIELDS
+    (their defaults where sweep.json lacks them) unless given on the command line. A sweep
+    dir's own: stored_config(SweepConfig(dir=d), {"dir"}, read_sweep(d))."""
+    defaults = SweepConfig()
+    # (stored["sweep"].get(k) or the default for `optimizers`: never an empty list)
+    return dataclasses.replace(cli_cfg, **{
+        k: (stored["sweep"].get(k) or defaults.optimizers) if k == "optimizers"
+        else stored["sweep"].get(k, getattr(defaults, k))
+        for k in REPORT_FIELDS if k not in cli_keys})
+
+
 @dataclass
 class SweepFile:
     """The root of configs/sweep.yaml."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import sweep
-from sweeper.config import SweepConfig
+from sweeper.config import SweepConfig, stored_config
 from sweeper.plots import (PALETTE, draw_best_curves, draw_lr_curves, draw_lr_grid_curves,
                            draw_verdicts, pyplot)
 from sweeper.rows import collect
@@ -138,9 +138,7 @@ def test_tuning_legend_names_every_curve_of_every_panel():
     from sweeper.stats import summarize
 
     d = Path(__file__).resolve().parents[1] / "docs" / "results" / "namo_decay_tuned"
-    stored = read_sweep(d)["sweep"]
-    cfg = SweepConfig(**{k: v for k, v in stored.items() if k in SweepConfig.__dataclass_fields__
-                         and k != "slurm"})
+    cfg = stored_config(SweepConfig(dir=str(d)), {"dir"}, read_sweep(d))
     fig = draw_tuning(summarize(collect(d), cfg), cfg)
     lr_panel, legend = fig.axes[1], fig.axes[1].get_legend()
     assert len(lr_panel.get_legend_handles_labels()[1]) == 2
