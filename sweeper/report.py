@@ -221,35 +221,45 @@ def interval_text(values: list, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]")
 
 
-def speedup_lines(s: Summary) -> list[str]:
+def speedup_lines(s: Summary, cfg) -> list[str]:
     sp = s.speedups
     if sp is None or not sp.curves:
         return []
-    lines = ["", f"## Speedup over {sp.baseline}", "",
-             f"Tokens: {sp.baseline}'s tokens / the tokens each optimizer's eval curve needs to "
-             f"reach {sp.baseline}'s final val/loss at the same seed (interpolated between "
-             "evaluations); mean [95% t CI] over seeds.", ""]
-    header = ["optimizer", "speedup in tokens", "reached"]
-    if sp.fit is not None:
+    if sp.per_value:   # a grid study: each curve against the baseline at its own grid values
+        lines = ["", f"## Speedup over {sp.baseline} at the same {', '.join(sorted(cfg.grid))}",
+                 "", f"Tokens: the tokens of {sp.baseline} at a curve's own grid values / the "
+                 "tokens the curve's eval curve needs to reach that run's final val/loss at the "
+                 "same seed (interpolated between evaluations); mean [95% t CI] over seeds.", ""]
+    else:
+        lines = ["", f"## Speedup over {sp.baseline}", "",
+                 f"Tokens: {sp.baseline}'s tokens / the tokens each optimizer's eval curve needs to "
+                 f"reach {sp.baseline}'s final val/loss at the same seed (interpolated between "
+                 "evaluations); mean [95% t CI] over seeds.", ""]
+    fitted = any(fit is not None for fit, _ in sp.fits.values())
+    header = ["optimizer"] + ["over"] * sp.per_value + ["speedup in tokens", "reached"]
+    if fitted:
         header.append("D_eff / D (Wen et al.)")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in sp.curves:
         got = [r for r in c.ratios.values() if r is not None]
-        cells = [c.curve, interval_text(got), f"{len(got)}/{len(c.ratios)}"]
-        if sp.fit is not None:
+        cells = [c.curve] + [c.baseline] * sp.per_value + [interval_text(got),
+                                                            f"{len(got)}/{len(c.ratios)}"]
+        if fitted:
             cells.append(interval_text(list(c.effective.values())))
         lines.append("| " + " | ".join(cells) + " |")
-    if sp.fit is not None:
-        f = sp.fit
-        lines += ["", f"D_eff: {sp.baseline}'s {s.column} at {len(sp.budgets)} budgets fitted by "
-                  f"L(D) = alpha (D / {f.scale:.3g})^-beta + gamma: alpha {f.alpha:.4f}, beta "
-                  f"{f.beta:.4f}, gamma {f.gamma:.4f}; residuals "
-                  + ", ".join(f"{r:+.4f}" for r in f.residuals) + " at "
-                  + ", ".join(f"{fmt_tokens(d)} (n={n})" for d, _, n in sp.budgets)
-                  + ". An optimizer's loss L at D tokens is worth D_eff = D(L) of the baseline; "
-                  "beyond the largest budget D_eff is an extrapolation."]
-    elif sp.budgets:
-        lines += ["", f"(D_eff needs {sp.baseline} at 3 or more budgets: sweep.baseline_budgets)"]
+    for base, (f, budgets) in sp.fits.items():
+        if f is not None:
+            lines += ["", f"D_eff: {base}'s {s.column} at {len(budgets)} budgets fitted by "
+                      f"L(D) = alpha (D / {f.scale:.3g})^-beta + gamma: alpha {f.alpha:.4f}, beta "
+                      f"{f.beta:.4f}, gamma {f.gamma:.4f}; residuals "
+                      + ", ".join(f"{r:+.4f}" for r in f.residuals) + " at "
+                      + ", ".join(f"{fmt_tokens(d)} (n={n})" for d, _, n in budgets)
+                      + ". An optimizer's loss L at D tokens is worth D_eff = D(L) of the "
+                      "baseline; beyond the largest budget D_eff is an extrapolation."]
+    unfitted = [base for base, (f, budgets) in sp.fits.items() if f is None and budgets]
+    if unfitted:
+        lines += ["", f"(D_eff needs {', '.join(unfitted)} at 3 or more budgets: "
+                  "sweep.baseline_budgets)"]
     return lines
 
 
@@ -305,7 +315,7 @@ def report_markdown(rows: list[SweepRow], cfg, setup: list[str], s: Summary) -> 
         lines += grid_value_lines(s, cfg, key)
     if any(c.tuning is not None for c in s.curves.values()):
         lines += tuning_lines(s, rows)
-    lines += speedup_lines(s)
+    lines += speedup_lines(s, cfg)
     if s.stats:
         lines += every_lr_table(s)
     failed = [r for r in rows if r.status == Status.FAILED]

@@ -7,6 +7,8 @@
    several budgets D to L(D) = alpha D^-beta + gamma; an optimizer reaching loss L with D
    tokens is worth D_eff = (alpha / (L - gamma))^(1 / beta) tokens of the baseline, and its
    speedup is D_eff / D.
+In a study with a grid axis (a width ladder) each curve is measured against the baseline at its
+own grid values (sweeper/stats.py's baseline_of), never across them.
 """
 from __future__ import annotations
 
@@ -84,18 +86,33 @@ def effective_speedup(fit: ScalingFit, loss: float, tokens: float) -> float:
 
 @dataclass
 class Speedup:
-    """One curve against the baseline, per shared seed."""
+    """One curve against its baseline curve, per shared seed."""
     curve: str
     ratios: dict          # seed -> baseline tokens / tokens to the baseline's final loss (None: never)
     effective: dict       # seed -> D_eff / D from the baseline's L(D) fit (empty without a fit)
+    baseline: str = ""    # the baseline curve it is measured against
 
 
 @dataclass
 class Speedups:
-    baseline: str
+    baseline: str                 # the baseline curve; its optimizer where each grid value has one
     curves: list                  # [Speedup], in ranking order
-    fit: Optional[ScalingFit]     # L(D) of the baseline's budgets; None with fewer than 3
-    budgets: list                 # [(tokens, mean metric, runs)] the fit used
+    fits: dict                    # baseline curve -> (L(D) fit or None with < 3 budgets, budgets)
+
+    @property
+    def per_value(self) -> bool:
+        """Several baseline curves, one per grid value."""
+        return len(self.fits) > 1
+
+    @property
+    def fit(self) -> Optional[ScalingFit]:
+        """The one baseline's L(D) fit (None with fewer than 3 budgets, or several baselines)."""
+        return None if self.per_value else next(iter(self.fits.values()))[0]
+
+    @property
+    def budgets(self) -> list:
+        """The one baseline's [(tokens, mean metric, runs)] the fit used."""
+        return [] if self.per_value else next(iter(self.fits.values()))[1]
 
 
 def final_eval_loss(run_dir) -> Optional[float]:
@@ -125,17 +142,25 @@ def baseline_fit(rows: list, summary, baseline: str) -> tuple[Optional[ScalingFi
     return fit_scaling([d for d, _, _ in budgets], [l for _, l, _ in budgets]), budgets
 
 
-def speedups(rows: list, summary, baseline: Optional[str]) -> Optional[Speedups]:
-    """Every ranked curve's speedup over `baseline` on the seeds both were scored on (the runs
-    behind each curve's scores: summary.scored)."""
-    if baseline is None or baseline not in summary.scores:
+def speedups(rows: list, summary, baseline) -> Optional[Speedups]:
+    """Every ranked curve's speedup over its baseline on the seeds both were scored on (the runs
+    behind each curve's scores: summary.scored). `baseline`: one baseline curve for every curve,
+    or {curve: its baseline curve} (a grid study: the baseline at the curve's grid values)."""
+    if baseline is None:
         return None
-    base = {r.seed: r for r in summary.scored[baseline] if r.status == Status.COMPLETED}
-    fit, budgets = baseline_fit(rows, summary, baseline)
+    against = baseline if isinstance(baseline, dict) else \
+        {c: baseline for c in summary.ranked}
+    against = {c: b for c, b in against.items() if b in summary.scores}
+    if not against:
+        return None
+    fits = {b: baseline_fit(rows, summary, b) for b in dict.fromkeys(against.values())}
     out = []
     for curve in summary.ranked:
-        if curve == baseline:
+        b = against.get(curve)
+        if b is None or curve in fits:
             continue
+        base = {r.seed: r for r in summary.scored[b] if r.status == Status.COMPLETED}
+        fit = fits[b][0]
         runs = {r.seed: r for r in summary.scored[curve] if r.status == Status.COMPLETED}
         ratios, effective = {}, {}
         for seed in sorted(set(base) & set(runs)):
@@ -145,5 +170,6 @@ def speedups(rows: list, summary, baseline: Optional[str]) -> Optional[Speedups]
             value = summary.scores[curve].values.get(seed)
             if fit is not None and value is not None:
                 effective[seed] = effective_speedup(fit, value, runs[seed].tokens)
-        out.append(Speedup(curve, ratios, effective))
-    return Speedups(baseline, out, fit, budgets)
+        out.append(Speedup(curve, ratios, effective, b))
+    name = next(iter(fits)) if len(fits) == 1 else next(iter(fits)).split(" ")[0]
+    return Speedups(name, out, fits)

@@ -120,15 +120,17 @@ def later_points(plan: Plan, rows: list[SweepRow]) -> list[Point]:
             moved = {c: [s.best.lr] for c, s in curves.items()
                      if s.tuning is not None and (s.tuned or s.chosen_lr != s.best.lr)}
             points += curve_points(plan, UNTUNED, moved, cfg.confirm_seeds)
-    base = baseline_of(cfg, curves)
-    if base is not None and cfg.baseline_budgets and plan.max_iters:
+    base = baseline_of(cfg, curves, rows)   # a grid study: the baseline at each grid value
+    bases = [] if base is None else list(dict.fromkeys(base.values())) if isinstance(base, dict) \
+        else [base]
+    if bases and cfg.baseline_budgets and plan.max_iters:
         seeds = cfg.confirm_seeds or cfg.seeds
         for b in cfg.baseline_budgets:
             steps = max(1, int(round(b * plan.max_iters)))
             if steps != plan.max_iters:
-                points += curve_points(plan, "budget", {base: [curves[base].chosen_lr]}, seeds,
-                                       extra=(f"train.max_iters={steps}",), budget=float(b),
-                                       tuned_by_curve=tuned)
+                points += curve_points(plan, "budget", {c: [curves[c].chosen_lr] for c in bases},
+                                       seeds, extra=(f"train.max_iters={steps}",),
+                                       budget=float(b), tuned_by_curve=tuned)
     return points
 
 

@@ -270,14 +270,21 @@ def summarize(rows: list[SweepRow], cfg) -> Summary:
                 verdicts, pairs, {c: sorted(v) for c, v in extended.items()},
                 scored={c: scored_runs(rows, c, curves[c].chosen_lr, curves[c].tuned) for c in curves})
     if metric.has_target:
-        s.speedups = speedups(rows, s, baseline_of(cfg, curves))
+        s.speedups = speedups(rows, s, baseline_of(cfg, curves, rows))
     return s
 
 
-def baseline_of(cfg, curves: dict) -> Optional[str]:
-    """The baseline curve: sweep.baseline's (adamw's when unset), if it has a result."""
+def baseline_of(cfg, curves: dict, rows: list = ()):
+    """The baseline curve: sweep.baseline's (adamw's when unset), if it has a result. Where it
+    has a curve at several values of a grid axis (sweep.grid: a width ladder), {curve: the
+    baseline's curve at the same values}, so no speedup is measured across the axis."""
     name = cfg.baseline or "adamw"
-    return next((c for c in curves if c.split(" ")[0] == name), None)
+    ours = [c for c in curves if c.split(" ")[0] == name]
+    if len(ours) < 2 or not cfg.grid:
+        return ours[0] if ours else None
+    grid = {r.curve: {k: r.grid.get(k) for k in cfg.grid} for r in rows}
+    return {c: b for c in curves
+            for b in [next((b for b in ours if grid.get(b) == grid.get(c)), None)] if b}
 
 
 def chain(s: Summary) -> str:

@@ -182,3 +182,51 @@ def test_baseline_fit_with_exactly_three_budgets_and_tuned_values(tmp_path):
                        (10_000, pytest.approx(law(10_000)), 2)]
     assert fit is not None
     assert (fit.alpha, fit.beta, fit.gamma) == pytest.approx((0.5, 0.5, 1.5), rel=1e-4)
+
+
+def test_speedups_of_a_grid_study_against_the_baseline_at_the_same_value(tmp_path):
+    """A width ladder: b and x at n_embd 64 and 128. Each x is measured against b at its own
+    width (b@64 ends at 2.0 after 10k tokens, b@128 at 1.8), never across: x@64 crosses 2.0 at
+    5k tokens (2x) and reaches 1.8 only at 6k; x@128 crosses 1.8 at 4k (2.5x)."""
+    evals = {"b n_embd=64": [(5_000, 2.5), (10_000, 2.0)], "b n_embd=128": [(5_000, 2.3), (10_000, 1.8)],
+             "x n_embd=64": [(4_000, 2.2), (6_000, 1.8), (8_000, 1.7)],
+             "x n_embd=128": [(2_000, 2.0), (6_000, 1.6)]}
+    rows = [run(tmp_path, c, 1e-3, seed, "2", 10_000, e[-1][1], e)
+            for c, e in evals.items() for seed in (0, 1)]
+    curves = list(evals)
+    summary = summary_of(rows, {c: 1e-3 for c in curves}, ["x n_embd=128", "b n_embd=128",
+                                                           "x n_embd=64", "b n_embd=64"],
+                         {c: {} for c in curves})
+    out = speedups(rows, summary, {"x n_embd=64": "b n_embd=64", "b n_embd=64": "b n_embd=64",
+                                   "x n_embd=128": "b n_embd=128", "b n_embd=128": "b n_embd=128"})
+    assert out.per_value and out.baseline == "b" and set(out.fits) == {"b n_embd=64", "b n_embd=128"}
+    x128, x64 = out.curves
+    assert (x128.curve, x128.baseline, x64.curve, x64.baseline) == (
+        "x n_embd=128", "b n_embd=128", "x n_embd=64", "b n_embd=64")
+    assert x64.ratios == {0: pytest.approx(10_000 / 5_000), 1: pytest.approx(10_000 / 5_000)}
+    assert x128.ratios == {0: pytest.approx(10_000 / 4_000), 1: pytest.approx(10_000 / 4_000)}
+    # the single-baseline call measures x@64 against b@128's 1.8 instead: at 6k tokens
+    across = speedups(rows, summary, "b n_embd=128")
+    assert not across.per_value and across.baseline == "b n_embd=128"
+    assert {c.curve: c.ratios[0] for c in across.curves}["x n_embd=64"] == pytest.approx(10_000 / 6_000)
+
+
+def test_baseline_of_maps_each_grid_value_to_its_own_baseline():
+    """sweep.grid with the baseline at every value: {curve: the baseline at its value}; no grid,
+    or one baseline curve: that curve (the old single baseline)."""
+    from sweeper.config import SweepConfig
+    from sweeper.stats import baseline_of
+
+    rows = [SweepRow(run_id=f"{o}{w}", curve=f"{o} n_embd={w}", optimizer=o, lr=1e-3, seed=0,
+                     stage="2", dir=Path("."), status="completed", tokens=1,
+                     grid={"model.n_embd": w}) for o in ("adamw", "muon") for w in (64, 128)]
+    curves = {r.curve: None for r in rows}
+    cfg = SweepConfig(grid={"model.n_embd": [64, 128]})
+    assert baseline_of(cfg, curves, rows) == {
+        "adamw n_embd=64": "adamw n_embd=64", "muon n_embd=64": "adamw n_embd=64",
+        "adamw n_embd=128": "adamw n_embd=128", "muon n_embd=128": "adamw n_embd=128"}
+    assert baseline_of(SweepConfig(), curves, rows) == "adamw n_embd=64"
+    assert baseline_of(cfg, {"adamw n_embd=64": None, "muon n_embd=64": None}, rows) == \
+        "adamw n_embd=64"
+    assert baseline_of(SweepConfig(grid={"model.n_embd": [64, 128]}, baseline="lion"), curves,
+                       rows) is None

@@ -132,7 +132,7 @@ def test_a_sweep_of_one_numeric_axis_plots_the_score_against_it(tmp_path):
                                               "diverged_at_step": None},
                          [{"step": 100, "tokens": 1000, "val/loss": final}], grid={"model.n_embd": width})
     write_sweep_json(d, seeds=[0, 1], optimizers=["a", "b"], lrs=[1e-3],
-                     grid={"model.n_embd": [64, 128]})
+                     grid={"model.n_embd": [64, 128]}, baseline="a")
     assert sweep.main(["report", f"sweep.dir={d}"]) == 0
     assert (d / "grid_curves.png").stat().st_size > 0
     assert (d / "grid_lr.png").stat().st_size > 0                 # the best lr against the axis
@@ -142,6 +142,11 @@ def test_a_sweep_of_one_numeric_axis_plots_the_score_against_it(tmp_path):
     # every pair side by side along the axis: the difference's move with width
     assert "| pair | n_embd=64 | n_embd=128 |" in report
     assert "| a - b | **-0.1000 [-0.1000, -0.1000]** | **+0.1000 [+0.1000, +0.1000]** |" in report
+    # speedups against the baseline at the same width (b@64 never reaches a@64's 2.0; b@128
+    # reaches a@128's 1.9 at its only evaluation, 1000 tokens, as a did), never across widths
+    assert "## Speedup over a at the same model.n_embd" in report
+    assert "| b n_embd=128 | a n_embd=128 | 1.00 [1.00, 1.00] | 2/2 |" in report
+    assert "| b n_embd=64 | a n_embd=64 | - | 0/2 |" in report
     assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512]})) == "train.batch_size"
     assert grid_axis(SweepConfig(grid={"train.batch_size": [128, 512], "model.n_embd": [64, 128]})) is None
     assert grid_axis(SweepConfig(grid={"optimizer.decay_style": ["adaptive", "decoupled"]})) is None
