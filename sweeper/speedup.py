@@ -146,11 +146,9 @@ def speedups(rows: list, summary, baseline) -> Optional[Speedups]:
     """Every ranked curve's speedup over its baseline on the seeds both were scored on (the runs
     behind each curve's scores: summary.scored). `baseline`: one baseline curve for every curve,
     or {curve: its baseline curve} (a grid study: the baseline at the curve's grid values)."""
-    if baseline is None:
-        return None
-    against = baseline if isinstance(baseline, dict) else \
-        {c: baseline for c in summary.ranked}
-    against = {c: b for c, b in against.items() if b in summary.scores}
+    if not isinstance(baseline, dict):
+        baseline = {c: baseline for c in summary.ranked}
+    against = {c: b for c, b in baseline.items() if b in summary.scores}
     if not against:
         return None
     fits = {b: baseline_fit(rows, summary, b) for b in dict.fromkeys(against.values())}

@@ -120,9 +120,7 @@ def later_points(plan: Plan, rows: list[SweepRow]) -> list[Point]:
             moved = {c: [s.best.lr] for c, s in curves.items()
                      if s.tuning is not None and (s.tuned or s.chosen_lr != s.best.lr)}
             points += curve_points(plan, UNTUNED, moved, cfg.confirm_seeds)
-    base = baseline_of(cfg, curves, rows)   # a grid study: the baseline at each grid value
-    bases = [] if base is None else list(dict.fromkeys(base.values())) if isinstance(base, dict) \
-        else [base]
+    bases = list(dict.fromkeys(baseline_of(cfg, curves, rows).values()))   # one per grid value
     if bases and cfg.baseline_budgets and plan.max_iters:
         seeds = cfg.confirm_seeds or cfg.seeds
         for b in cfg.baseline_budgets:

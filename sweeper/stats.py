@@ -274,17 +274,20 @@ def summarize(rows: list[SweepRow], cfg) -> Summary:
     return s
 
 
-def baseline_of(cfg, curves: dict, rows: list = ()):
-    """The baseline curve: sweep.baseline's (adamw's when unset), if it has a result. Where it
-    has a curve at several values of a grid axis (sweep.grid: a width ladder), {curve: the
-    baseline's curve at the same values}, so no speedup is measured across the axis."""
+def baseline_of(cfg, curves: dict, rows: list = ()) -> dict:
+    """{curve: its baseline curve}: sweep.baseline's curve (adamw's when unset) with a result;
+    where the baseline has a curve at several values of a grid axis (sweep.grid: a width
+    ladder), the one at the curve's own values, so nothing is measured across the axis. {}: no
+    baseline."""
     name = cfg.baseline or "adamw"
     ours = [c for c in curves if c.split(" ")[0] == name]
     if len(ours) < 2 or not cfg.grid:
-        return ours[0] if ours else None
-    grid = {r.curve: {k: r.grid.get(k) for k in cfg.grid} for r in rows}
-    return {c: b for c in curves
-            for b in [next((b for b in ours if grid.get(b) == grid.get(c)), None)] if b}
+        return {c: ours[0] for c in curves} if ours else {}
+    values = {r.curve: repr([r.grid.get(k) for k in sorted(cfg.grid)]) for r in rows}
+    at = {}
+    for b in ours:
+        at.setdefault(values.get(b), b)
+    return {c: at[values.get(c)] for c in curves if values.get(c) in at}
 
 
 def chain(s: Summary) -> str:

@@ -213,7 +213,7 @@ def test_speedups_of_a_grid_study_against_the_baseline_at_the_same_value(tmp_pat
 
 def test_baseline_of_maps_each_grid_value_to_its_own_baseline():
     """sweep.grid with the baseline at every value: {curve: the baseline at its value}; no grid,
-    or one baseline curve: that curve (the old single baseline)."""
+    or one baseline curve: that curve for every curve (the old single baseline); none: {}."""
     from sweeper.config import SweepConfig
     from sweeper.stats import baseline_of
 
@@ -225,8 +225,8 @@ def test_baseline_of_maps_each_grid_value_to_its_own_baseline():
     assert baseline_of(cfg, curves, rows) == {
         "adamw n_embd=64": "adamw n_embd=64", "muon n_embd=64": "adamw n_embd=64",
         "adamw n_embd=128": "adamw n_embd=128", "muon n_embd=128": "adamw n_embd=128"}
-    assert baseline_of(SweepConfig(), curves, rows) == "adamw n_embd=64"
-    assert baseline_of(cfg, {"adamw n_embd=64": None, "muon n_embd=64": None}, rows) == \
-        "adamw n_embd=64"
+    assert baseline_of(SweepConfig(), curves, rows) == {c: "adamw n_embd=64" for c in curves}
+    two = {"adamw n_embd=64": None, "muon n_embd=64": None}
+    assert baseline_of(cfg, two, rows) == {c: "adamw n_embd=64" for c in two}
     assert baseline_of(SweepConfig(grid={"model.n_embd": [64, 128]}, baseline="lion"), curves,
-                       rows) is None
+                       rows) == {}
